@@ -1,0 +1,419 @@
+//! Configuration: defaults, then `config.toml`, then the environment, then [`Config::validate`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::registry::Pattern;
+
+/// The default body limit: a real Kinde token is 1 to 4 KiB.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+/// The default route when `config.toml` names none.
+pub const DEFAULT_ROUTE: &str = "/api/kinde-webhook";
+
+/// The whole configuration of the receiver.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[kinde]`
+    pub kinde: KindeConfig,
+    /// `[[routes]]`: the webhook endpoints and the event types each accepts.
+    pub routes: Vec<RouteConfig>,
+    /// `[log]`
+    pub log: LogConfig,
+    /// `[handlers.<name>]`: each handler's own settings, read through `Context::settings`.
+    pub handlers: HashMap<String, toml::Value>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Env: `KINDE_WEBHOOKS_BIND`.
+    pub bind: String,
+    /// Largest request body accepted, in bytes; larger gets 413.
+    pub body_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:3000".into(),
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+/// `[kinde]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KindeConfig {
+    /// `https://<subdomain>.kinde.com`. Env: `KINDE_ISSUER_URL`.
+    pub issuer_url: Option<String>,
+    /// Defaults to `<issuer_url>/.well-known/jwks.json`.
+    pub jwks_url: Option<String>,
+    /// Least time between two JWKS fetches caused by unknown `kid`s.
+    #[serde(deserialize_with = "duration")]
+    pub jwks_refresh_cooldown: Duration,
+    /// How often the key set is refreshed in the background.
+    #[serde(deserialize_with = "duration")]
+    pub jwks_refresh_interval: Duration,
+    /// Refuse events whose payload `timestamp` is older than this. Off when absent.
+    #[serde(deserialize_with = "opt_duration")]
+    pub max_event_age: Option<Duration>,
+}
+
+impl Default for KindeConfig {
+    fn default() -> Self {
+        Self {
+            issuer_url: None,
+            jwks_url: None,
+            jwks_refresh_cooldown: Duration::from_secs(10),
+            jwks_refresh_interval: Duration::from_secs(3600),
+            max_event_age: None,
+        }
+    }
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The path Kinde POSTs to, e.g. `/api/kinde-webhook`.
+    pub path: String,
+    /// The event types this route accepts; others are acknowledged and not dispatched.
+    #[serde(default = "all_patterns")]
+    pub patterns: Vec<String>,
+}
+
+fn all_patterns() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `kinde_webhooks=debug`. `RUST_LOG` wins.
+    pub level: String,
+    /// `human` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why the configuration cannot be used. Each names the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said, with the key and line.
+        message: String,
+    },
+    /// A key holds a value that cannot work.
+    #[error("config key {key}: {message}")]
+    Invalid {
+        /// The key, e.g. `kinde.issuer_url` or `routes[1].path`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"30s\": {e}")))
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() || s == "off" => Ok(None),
+        Some(s) => humantime::parse_duration(&s).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not a duration like \"36h\": {e}"))
+        }),
+    }
+}
+
+impl Config {
+    /// Parse TOML text (no environment, no validation).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Load `path` (the defaults when it is `None`), apply the environment, validate.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Config::from_toml(&text, &path.display().to_string())?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Apply `KINDE_ISSUER_URL` and `KINDE_WEBHOOKS_BIND` (empty values are ignored).
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let var = |name| var(name).filter(|v| !v.trim().is_empty());
+        if let Some(issuer) = var("KINDE_ISSUER_URL") {
+            self.kinde.issuer_url = Some(issuer);
+        }
+        if let Some(bind) = var("KINDE_WEBHOOKS_BIND") {
+            self.server.bind = bind;
+        }
+    }
+
+    /// The routes, with the default one when none is configured.
+    pub fn effective_routes(&self) -> Vec<RouteConfig> {
+        if self.routes.is_empty() {
+            vec![RouteConfig {
+                path: DEFAULT_ROUTE.into(),
+                patterns: all_patterns(),
+            }]
+        } else {
+            self.routes.clone()
+        }
+    }
+
+    /// The JWKS URL: `jwks_url`, or `<issuer_url>/.well-known/jwks.json`.
+    pub fn jwks_url(&self) -> Option<String> {
+        self.kinde.jwks_url.clone().or_else(|| {
+            let issuer = self.kinde.issuer_url.as_deref()?;
+            Some(format!(
+                "{}/.well-known/jwks.json",
+                issuer.trim_end_matches('/')
+            ))
+        })
+    }
+
+    /// The listen address, parsed.
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.bind.parse().map_err(|_| {
+            invalid(
+                "server.bind",
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:3000\" (env KINDE_WEBHOOKS_BIND)",
+                    self.server.bind
+                ),
+            )
+        })
+    }
+
+    /// Check that the configuration can work; each error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.bind_addr()?;
+        if self.server.body_limit < 1024 {
+            return Err(invalid(
+                "server.body_limit",
+                "must be at least 1024 bytes; Kinde tokens are 1 to 4 KiB (default 65536)",
+            ));
+        }
+        match self.kinde.issuer_url.as_deref() {
+            None if self.kinde.jwks_url.is_none() => {
+                return Err(invalid(
+                    "kinde.issuer_url",
+                    "is not set: set KINDE_ISSUER_URL=https://<your_subdomain>.kinde.com, or issuer_url in config.toml \
+                     (or run `kinde-webhooks dev` for a local issuer)",
+                ));
+            }
+            Some(url) => check_url("kinde.issuer_url", url)?,
+            None => {}
+        }
+        if let Some(url) = &self.kinde.jwks_url {
+            check_url("kinde.jwks_url", url)?;
+        }
+        if self.kinde.jwks_refresh_cooldown > Duration::from_secs(3600) {
+            return Err(invalid(
+                "kinde.jwks_refresh_cooldown",
+                "over 1h would leave rotated keys unknown for too long (default \"10s\")",
+            ));
+        }
+        if self.kinde.jwks_refresh_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "kinde.jwks_refresh_interval",
+                "must be at least \"1s\" (default \"1h\")",
+            ));
+        }
+        if self
+            .kinde
+            .max_event_age
+            .is_some_and(|a| a < Duration::from_secs(60))
+        {
+            return Err(invalid(
+                "kinde.max_event_age",
+                "under 1m refuses Kinde's own retries; use at least \"36h\" or leave it unset",
+            ));
+        }
+        let routes = self.effective_routes();
+        for (i, route) in routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if !route.path.starts_with('/') || route.path.contains(['{', '}', '*', '?', '#', ' ']) {
+                return Err(invalid(
+                    format!("{key}.path"),
+                    format!("{:?} must be a plain path starting with '/'", route.path),
+                ));
+            }
+            if matches!(route.path.as_str(), "/healthz" | "/.well-known/jwks.json") {
+                return Err(invalid(
+                    format!("{key}.path"),
+                    format!("{} is reserved by the server", route.path),
+                ));
+            }
+            if routes[..i].iter().any(|r| r.path == route.path) {
+                return Err(invalid(
+                    format!("{key}.path"),
+                    format!("{} is used by two routes: merge their patterns", route.path),
+                ));
+            }
+            if route.patterns.is_empty() {
+                return Err(invalid(
+                    format!("{key}.patterns"),
+                    "is empty: list the types it accepts, or [\"*\"]",
+                ));
+            }
+            for p in &route.patterns {
+                Pattern::parse(p)
+                    .map_err(|e| invalid(format!("{key}.patterns"), format!("{p:?} {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| invalid(key, format!("{url:?} is not a URL: {e}")))?;
+    let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(invalid(
+            key,
+            format!("{url:?} must be https (plain http only on loopback)"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_issuer(text: &str) -> Config {
+        let mut c = Config::from_toml(text, "test").unwrap();
+        c.kinde
+            .issuer_url
+            .get_or_insert_with(|| "https://acme.kinde.com".into());
+        c
+    }
+
+    #[test]
+    fn defaults_and_env() {
+        let mut c = Config::default();
+        assert!(
+            matches!(c.validate(), Err(ConfigError::Invalid { key, message }) if key == "kinde.issuer_url" && message.contains("KINDE_ISSUER_URL"))
+        );
+        c.apply_env(|k| match k {
+            "KINDE_ISSUER_URL" => Some("https://acme.kinde.com/".into()),
+            "KINDE_WEBHOOKS_BIND" => Some("0.0.0.0:8080".into()),
+            _ => None,
+        });
+        c.validate().unwrap();
+        assert_eq!(
+            c.jwks_url().unwrap(),
+            "https://acme.kinde.com/.well-known/jwks.json"
+        );
+        assert_eq!(c.server.bind, "0.0.0.0:8080");
+        assert_eq!(c.effective_routes()[0].path, DEFAULT_ROUTE);
+        assert_eq!(c.server.body_limit, 65536);
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let cases = [
+            ("[server]\nbind = \"nope\"", "server.bind"),
+            (
+                "[kinde]\nissuer_url = \"http://acme.kinde.com\"",
+                "kinde.issuer_url",
+            ),
+            ("[kinde]\nmax_event_age = \"5s\"", "kinde.max_event_age"),
+            ("[[routes]]\npath = \"users\"", "routes[0].path"),
+            (
+                "[[routes]]\npath = \"/a\"\npatterns = [\"user*\"]",
+                "routes[0].patterns",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\n[[routes]]\npath = \"/a\"",
+                "routes[1].path",
+            ),
+        ];
+        for (text, want) in cases {
+            match with_issuer(text).validate() {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, want, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_parse_errors() {
+        assert!(Config::from_toml("[server]\nbnd = \"x\"", "t").is_err());
+        assert!(Config::from_toml("[kinde]\njwks_refresh_cooldown = \"soon\"", "t").is_err());
+        let c =
+            with_issuer("[kinde]\nmax_event_age = \"36h\"\n[handlers.audit]\ntable = \"events\"");
+        assert_eq!(c.kinde.max_event_age, Some(Duration::from_secs(36 * 3600)));
+        assert!(c.handlers.contains_key("audit"));
+    }
+}

@@ -1,0 +1,52 @@
+//! Receive Kinde webhooks in Rust: prove each one came from Kinde, then hand the event to
+//! every handler that registered for its type.
+//!
+//! Kinde POSTs each event as a bare RS256-signed JWT. This crate verifies it against the
+//! tenant's JWKS (fetched once, cached, refreshed on an unknown `kid`), parses the claims
+//! into an [`Event`], and dispatches it to the [`EventHandler`]s whose patterns match its
+//! type. Handlers register themselves with [`register_handler!`]; there is no central switch.
+//!
+//! # Layout
+//! - [`config`]: `config.toml` + environment, with defaults and validation.
+//! - [`event`]: the verified event envelope, its delivery facts and the known event types.
+//! - [`payload`]: typed `data` for every shape Kinde publishes.
+//! - [`verify`]: token parsing and RS256 verification; knows nothing of HTTP.
+//! - [`jwks`]: the key store: JWKS fetching, caching, single-flight refresh with cooldown.
+//! - [`handler`]: the handler traits, the handler context and registration.
+//! - [`registry`]: event-type patterns and the registry built from them.
+//! - [`dispatch`]: runs the matching handlers of one event and collects their outcomes.
+//! - [`server`]: the axum router for the webhook routes, and `run` for the bundled server.
+//! - [`reply`]: the one place where an outcome becomes an HTTP status and body.
+//! - [`signing`]: signs Kinde-shaped events with a local RSA key (dev mode, `send`, tests).
+//! - [`samples`]: sample `data` for every known event type.
+//! - [`telemetry`]: tracing subscriber set-up from the `[log]` section.
+
+pub mod config;
+pub mod dispatch;
+pub mod event;
+pub mod handler;
+pub mod jwks;
+pub mod payload;
+pub mod registry;
+pub mod reply;
+pub mod samples;
+pub mod server;
+pub mod signing;
+pub mod telemetry;
+pub mod verify;
+
+pub use async_trait::async_trait;
+pub use config::Config;
+pub use dispatch::Dispatcher;
+pub use event::{Delivery, Event, EventType, Source};
+pub use handler::{
+    Context, EventHandler, HandlerError, HandlerRegistration, State, Typed, TypedHandler,
+};
+pub use registry::{Pattern, Registry};
+pub use server::{Webhooks, run};
+pub use verify::{Verifier, VerifyError};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+}

@@ -1,0 +1,428 @@
+//! Token parsing and RS256 verification. Knows nothing of HTTP.
+//!
+//! The pure steps are synchronous: [`parse`] splits and decodes the token,
+//! [`UnverifiedToken::check_signature`] checks it against one key, and
+//! [`UnverifiedToken::into_event`] reads the claims. [`Verifier::verify`] is async only
+//! because an unknown `kid` may refresh the key set.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use chrono::{DateTime, FixedOffset, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::event::{Delivery, Event, Source};
+use crate::jwks::KeyStore;
+
+/// Clock skew allowed on `exp` and `nbf` when a token carries them.
+pub const CLOCK_LEEWAY: Duration = Duration::from_secs(60);
+/// How far in the future a payload `timestamp` may be when a maximum age is set.
+pub const FUTURE_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// base64url as JWTs write it; padding is tolerated, not required.
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Why a token was refused. Each variant maps to one status and reason label in
+/// [`crate::reply`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// Not three base64url segments.
+    #[error("token is not three base64url segments")]
+    Malformed,
+    /// The header is not a JSON object with a string `alg`.
+    #[error("token header is not a JSON object with a string alg")]
+    MalformedHeader,
+    /// `alg` is anything but `RS256` (exact case).
+    #[error("algorithm {0:?} is not accepted; Kinde signs with RS256 only")]
+    UnsupportedAlgorithm(String),
+    /// A `crit` header: it names extensions this verifier does not implement.
+    #[error("token has a crit header")]
+    CriticalHeader,
+    /// No `kid` in the header.
+    #[error("token header has no kid")]
+    MissingKid,
+    /// The `kid` is not in the key set, even after a refresh.
+    #[error("no signing key with kid {0:?} in the JWKS")]
+    UnknownKey(String),
+    /// No key set could be had: the JWKS endpoint is unreachable or broken.
+    #[error("signing keys are unavailable: {0}")]
+    KeysUnavailable(String),
+    /// The signature does not match.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// `exp` is in the past.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// `exp` or `nbf` is present but not a number.
+    #[error("registered claim {0} is not a number")]
+    BadClaim(&'static str),
+    /// The verified payload is not a Kinde event envelope.
+    #[error("payload is not a Kinde event: {0}")]
+    InvalidPayload(String),
+    /// The payload `timestamp` is older than the configured maximum age.
+    #[error("event is older than the maximum event age")]
+    EventTooOld,
+    /// The payload `timestamp` is too far in the future.
+    #[error("event timestamp is in the future")]
+    EventInFuture,
+}
+
+/// The JOSE header fields that matter here; everything else is ignored, and nothing in it
+/// (`jku`, `x5u`, `jwk`, `x5c`) ever widens trust.
+#[derive(Debug, Deserialize)]
+struct Header {
+    alg: Value,
+    #[serde(default)]
+    kid: Option<Value>,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+/// A token split and its header read; neither signature nor claims checked yet.
+#[derive(Debug)]
+pub struct UnverifiedToken<'a> {
+    kid: String,
+    signing_input: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+}
+
+/// Split a compact JWT and check its header: three base64url segments, a JSON-object
+/// header, `alg` exactly `RS256`, no `crit`, a string `kid`. Surrounding ASCII whitespace
+/// is tolerated.
+pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, VerifyError> {
+    let token = token.trim_ascii();
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VerifyError::Malformed);
+    };
+    let is_b64 = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+    };
+    if header.is_empty() || payload.is_empty() || !is_b64(payload) || !is_b64(signature) {
+        return Err(VerifyError::Malformed);
+    }
+    let header_bytes = B64.decode(header).map_err(|_| VerifyError::Malformed)?;
+    let header_len = header.len();
+    let header: Header =
+        serde_json::from_slice(&header_bytes).map_err(|_| VerifyError::MalformedHeader)?;
+    match header.alg {
+        Value::String(alg) if alg == "RS256" => {}
+        Value::String(alg) => return Err(VerifyError::UnsupportedAlgorithm(alg)),
+        _ => return Err(VerifyError::MalformedHeader),
+    }
+    if header.crit.is_some() {
+        return Err(VerifyError::CriticalHeader);
+    }
+    let kid = match header.kid {
+        Some(Value::String(kid)) if !kid.is_empty() => kid,
+        _ => return Err(VerifyError::MissingKid),
+    };
+    let signing_input = &token[..header_len + 1 + payload.len()];
+    Ok(UnverifiedToken {
+        kid,
+        signing_input,
+        payload,
+        signature,
+    })
+}
+
+/// The envelope as Kinde signs it, plus the registered claims checked when present.
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(rename = "type")]
+    event_type: String,
+    event_id: String,
+    timestamp: DateTime<FixedOffset>,
+    #[serde(default)]
+    source: Source,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    event_timestamp: Option<DateTime<FixedOffset>>,
+    #[serde(default)]
+    ip_address: Option<String>,
+    #[serde(default)]
+    exp: Option<Value>,
+    #[serde(default)]
+    nbf: Option<Value>,
+}
+
+impl UnverifiedToken<'_> {
+    /// The `kid` the token names.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Check the RS256 signature against `key`. The algorithm is pinned here, never read
+    /// from the token or the key.
+    pub fn check_signature(&self, key: &DecodingKey) -> Result<(), VerifyError> {
+        match jsonwebtoken::crypto::verify(
+            self.signature,
+            self.signing_input.as_bytes(),
+            key,
+            Algorithm::RS256,
+        ) {
+            Ok(true) => Ok(()),
+            _ => Err(VerifyError::BadSignature),
+        }
+    }
+
+    /// Read the claims of a token whose signature was checked: `exp`/`nbf` when present,
+    /// then the Kinde envelope (a non-empty string `type` and `event_id`, an RFC 3339
+    /// `timestamp`). `now` is passed in so the pure part stays testable.
+    pub fn into_event(
+        self,
+        now: DateTime<Utc>,
+        max_event_age: Option<Duration>,
+    ) -> Result<Event, VerifyError> {
+        let bytes = B64
+            .decode(self.payload)
+            .map_err(|_| VerifyError::Malformed)?;
+        let json = String::from_utf8(bytes)
+            .map_err(|_| VerifyError::InvalidPayload("not UTF-8".into()))?;
+        let claims: Claims =
+            serde_json::from_str(&json).map_err(|e| VerifyError::InvalidPayload(e.to_string()))?;
+        let now_secs = now.timestamp() as f64;
+        let leeway = CLOCK_LEEWAY.as_secs_f64();
+        if let Some(exp) = claims.exp {
+            let exp = exp.as_f64().ok_or(VerifyError::BadClaim("exp"))?;
+            if now_secs > exp + leeway {
+                return Err(VerifyError::Expired);
+            }
+        }
+        if let Some(nbf) = claims.nbf {
+            let nbf = nbf.as_f64().ok_or(VerifyError::BadClaim("nbf"))?;
+            if now_secs + leeway < nbf {
+                return Err(VerifyError::NotYetValid);
+            }
+        }
+        if claims.event_type.is_empty() || claims.event_id.is_empty() {
+            return Err(VerifyError::InvalidPayload(
+                "type and event_id must not be empty".into(),
+            ));
+        }
+        if let Some(max_age) = max_event_age {
+            let age = now.signed_duration_since(claims.timestamp);
+            if age.to_std().is_ok_and(|age| age > max_age) {
+                return Err(VerifyError::EventTooOld);
+            }
+            if (-age).to_std().is_ok_and(|ahead| ahead > FUTURE_SKEW) {
+                return Err(VerifyError::EventInFuture);
+            }
+        }
+        Ok(Event {
+            event_type: claims.event_type,
+            event_id: claims.event_id,
+            timestamp: claims.timestamp,
+            source: claims.source,
+            data: claims.data,
+            event_timestamp: claims.event_timestamp,
+            ip_address: claims.ip_address,
+            delivery: Delivery {
+                received_at: now,
+                ..Delivery::default()
+            },
+            claims: Arc::from(json),
+        })
+    }
+}
+
+/// Verifies Kinde webhook tokens against a [`KeyStore`].
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    keys: KeyStore,
+    max_event_age: Option<Duration>,
+}
+
+impl Verifier {
+    /// A verifier using `keys`, refusing events older than `max_event_age` when set.
+    pub fn new(keys: KeyStore, max_event_age: Option<Duration>) -> Self {
+        Self {
+            keys,
+            max_event_age,
+        }
+    }
+
+    /// The key store behind this verifier.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// Verify a token and return its event. The delivery facts other than `received_at`
+    /// are left for the caller to fill in.
+    pub async fn verify(&self, token: &str) -> Result<Event, VerifyError> {
+        let token = parse(token)?;
+        let key = self.keys.key_for(token.kid()).await?;
+        token.check_signature(&key)?;
+        token.into_event(Utc::now(), self.max_event_age)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::SigningKey;
+    use serde_json::json;
+
+    fn claims() -> Value {
+        json!({"type": "user.created", "event_id": "event_1", "timestamp": "2024-05-01T17:41:45.592145+10:00",
+               "source": "admin", "data": {"user": {"id": "kp_1"}}})
+    }
+
+    fn b64(v: &Value) -> String {
+        B64.encode(serde_json::to_vec(v).unwrap())
+    }
+
+    fn key() -> (SigningKey, DecodingKey) {
+        let k = SigningKey::generate().unwrap();
+        let d = k.decoding_key();
+        (k, d)
+    }
+
+    #[test]
+    fn a_signed_kinde_token_verifies_without_registered_claims() {
+        let (k, d) = key();
+        let token = k.sign(&claims());
+        let padded = format!("  {token}\n");
+        let t = parse(&padded).unwrap();
+        assert_eq!(t.kid(), k.kid());
+        t.check_signature(&d).unwrap();
+        let e = t.into_event(Utc::now(), None).unwrap();
+        assert_eq!(e.event_type, "user.created");
+        assert_eq!(e.timestamp.offset().local_minus_utc(), 10 * 3600);
+        assert_eq!(e.source, Source::Admin);
+    }
+
+    #[test]
+    fn malformed_tokens() {
+        for t in ["", "abc", "a.b", "a.b.c.d", "!!.e30.x", ".e30.x"] {
+            assert!(matches!(parse(t), Err(VerifyError::Malformed)), "{t:?}");
+        }
+        let not_object = format!("{}.{}.sig", B64.encode("[1]"), b64(&claims()));
+        assert!(matches!(
+            parse(&not_object),
+            Err(VerifyError::MalformedHeader)
+        ));
+    }
+
+    #[test]
+    fn only_rs256_in_exact_case() {
+        for alg in ["none", "HS256", "rs256", "RS512", "PS256"] {
+            let t = format!(
+                "{}.{}.",
+                b64(&json!({"alg": alg, "kid": "k"})),
+                b64(&claims())
+            );
+            assert!(
+                matches!(parse(&t), Err(VerifyError::UnsupportedAlgorithm(_))),
+                "{alg}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_kid_and_crit() {
+        let t = format!("{}.{}.x", b64(&json!({"alg": "RS256"})), b64(&claims()));
+        assert!(matches!(parse(&t), Err(VerifyError::MissingKid)));
+        let t = format!(
+            "{}.{}.x",
+            b64(&json!({"alg": "RS256", "kid": "k", "crit": ["b64"]})),
+            b64(&claims())
+        );
+        assert!(matches!(parse(&t), Err(VerifyError::CriticalHeader)));
+    }
+
+    #[test]
+    fn bad_signature() {
+        let (k, _) = key();
+        let (_, other) = key();
+        let token = k.sign(&claims());
+        assert!(matches!(
+            parse(&token).unwrap().check_signature(&other),
+            Err(VerifyError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn exp_and_nbf_are_checked_when_present() {
+        let (k, _) = key();
+        let now = Utc::now();
+        let mut c = claims();
+        c["exp"] = json!(now.timestamp() - 3600);
+        let t = k.sign(&c);
+        assert!(matches!(
+            parse(&t).unwrap().into_event(now, None),
+            Err(VerifyError::Expired)
+        ));
+        let mut c = claims();
+        c["nbf"] = json!(now.timestamp() + 3600);
+        let t = k.sign(&c);
+        assert!(matches!(
+            parse(&t).unwrap().into_event(now, None),
+            Err(VerifyError::NotYetValid)
+        ));
+        let mut c = claims();
+        c["exp"] = json!("soon");
+        let t = k.sign(&c);
+        assert!(matches!(
+            parse(&t).unwrap().into_event(now, None),
+            Err(VerifyError::BadClaim("exp"))
+        ));
+        let mut c = claims();
+        c["aud"] = json!("someone");
+        c["iss"] = json!("elsewhere");
+        assert!(parse(&k.sign(&c)).unwrap().into_event(now, None).is_ok());
+    }
+
+    #[test]
+    fn payload_must_be_a_kinde_envelope() {
+        let (k, _) = key();
+        for bad in [
+            json!([1]),
+            json!({"type": "", "event_id": "e", "timestamp": "2024-05-01T00:00:00Z"}),
+            json!({"type": 5, "event_id": "e", "timestamp": "2024-05-01T00:00:00Z"}),
+            json!({"type": "user.created", "timestamp": "2024-05-01T00:00:00Z"}),
+        ] {
+            let r = parse(&k.sign(&bad)).unwrap().into_event(Utc::now(), None);
+            assert!(matches!(r, Err(VerifyError::InvalidPayload(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn maximum_event_age() {
+        let (k, _) = key();
+        let now = Utc::now();
+        let mut c = claims();
+        c["timestamp"] = json!((now - chrono::Duration::hours(2)).to_rfc3339());
+        let t = k.sign(&c);
+        let hour = Some(Duration::from_secs(3600));
+        assert!(matches!(
+            parse(&t).unwrap().into_event(now, hour),
+            Err(VerifyError::EventTooOld)
+        ));
+        assert!(parse(&t).unwrap().into_event(now, None).is_ok());
+        c["timestamp"] = json!((now + chrono::Duration::hours(2)).to_rfc3339());
+        let t = k.sign(&c);
+        assert!(matches!(
+            parse(&t).unwrap().into_event(now, hour),
+            Err(VerifyError::EventInFuture)
+        ));
+    }
+}

@@ -7,6 +7,7 @@
 //! type. Handlers register themselves with [`register_handler!`]; there is no central switch.
 //!
 //! # Layout
+//! - [`cli`]: the bundled server's command line (`serve`, `dev`, `send`, `handlers`).
 //! - [`config`]: `config.toml` + environment, with defaults and validation.
 //! - [`event`]: the verified event envelope, its delivery facts and the known event types.
 //! - [`payload`]: typed `data` for every shape Kinde publishes.
@@ -21,6 +22,7 @@
 //! - [`samples`]: sample `data` for every known event type.
 //! - [`telemetry`]: tracing subscriber set-up from the `[log]` section.
 
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod event;

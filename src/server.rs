@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use tokio::net::TcpListener;
 use tracing::Instrument;
-use tracing::field::Empty;
+use tracing::field::{Empty, display};
 
 use crate::config::{Config, ConfigError};
 use crate::dispatch::Dispatcher;
@@ -180,10 +180,10 @@ async fn handle(
     event.delivery.received_at = Utc::now();
 
     let span = tracing::Span::current();
-    span.record("event_id", event.event_id.as_str());
-    span.record("event_type", event.event_type.as_str());
+    span.record("event_id", display(&event.event_id));
+    span.record("event_type", display(&event.event_type));
     if let Some(id) = &event.delivery.webhook_id {
-        span.record("webhook_id", id.as_str());
+        span.record("webhook_id", display(id));
     }
 
     if !any_matches(&route.patterns, &event.event_type) {

@@ -1,0 +1,290 @@
+//! The real `kinde-webhooks` binary, spawned as a user runs it: `serve` against a JWKS
+//! served by the test, `dev` with its built-in issuer, and `send`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::routing::get;
+use kinde_webhooks::samples::sample_claims;
+use kinde_webhooks::signing::SigningKey;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kinde-webhooks");
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A spawned binary whose output is read line by line; killed on drop.
+struct Spawned {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Spawned {
+    fn start(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Spawned {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(dir)
+            .env_remove("KINDE_ISSUER_URL")
+            .env_remove("RUST_LOG")
+            .env("KINDE_WEBHOOKS_BIND", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn kinde-webhooks");
+        let (tx, lines) = channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Spawned {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line (seen before or arriving within the deadline) that satisfies `pred`.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(line) = self.seen.iter().find(|l| pred(l)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no line with {what} within {WAIT:?}; output so far:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// The `http://127.0.0.1:PORT` the server printed it listens on.
+    fn base_url(&mut self) -> String {
+        let line = self.wait_for("'listening on http://'", |l| {
+            l.contains("listening on http://")
+        });
+        let start = line.find("http://").unwrap();
+        line[start..].split_whitespace().next().unwrap().to_owned()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A JWKS endpoint on 127.0.0.1:0 serving `key`; returns its base URL.
+async fn serve_jwks(key: &SigningKey) -> String {
+    let jwks = key.jwks();
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        get(move || async move { Json(jwks) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+async fn post(url: &str, token: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/jwt")
+        .header("webhook-id", "msg_test_1")
+        .body(token.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn repo_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_verifies_a_kinde_token_and_the_bundled_handler_logs_its_event_id() {
+    let key = SigningKey::generate().unwrap();
+    let issuer = serve_jwks(&key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = repo_config();
+    let mut server = Spawned::start(
+        &["serve", "--config", config.to_str().unwrap()],
+        dir.path(),
+        &[("KINDE_ISSUER_URL", &issuer)],
+    );
+    let base = server.base_url();
+    let claims = sample_claims("user.created");
+    let event_id = claims["event_id"].as_str().unwrap().to_owned();
+    let token = key.sign(&claims);
+
+    let (status, body) = post(&format!("{base}/api/kinde-webhook"), &token).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let logged = server.wait_for("the handler's log line", |l| {
+        l.contains("user created") && l.contains(&event_id)
+    });
+    assert!(
+        logged.contains("kp_0f3c2a9b8e7d4c6b5a4f3e2d1c0b9a87"),
+        "{logged}"
+    );
+    assert!(
+        !server.seen.iter().any(|l| l.contains(&token)),
+        "the token must never be logged"
+    );
+
+    // One character of the signature changed.
+    let mut forged = token.clone().into_bytes();
+    let i = forged.len() - 5;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let (status, body) = post(
+        &format!("{base}/api/kinde-webhook"),
+        &String::from_utf8(forged).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"error":"invalid_signature"}"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_demonstrates_the_flow_and_send_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let keys = keys.to_str().unwrap();
+    let mut server = Spawned::start(&["dev"], dir.path(), &[("KINDE_WEBHOOKS_DEV_DIR", keys)]);
+    let base = server.base_url();
+    server.wait_for("'dev: ready'", |l| l.contains("dev: ready"));
+    for event_type in ["user.created", "user.updated", "organization.created"] {
+        let line = server.wait_for(event_type, |l| {
+            l.starts_with(&format!("dev: {event_type} "))
+        });
+        assert!(line.ends_with(r#"-> 200 {"status":"ok"}"#), "{line}");
+    }
+    server.wait_for("the organization handler's log", |l| {
+        l.contains("organization event") && l.contains("org_5a1b2c3d4e5")
+    });
+    assert!(Path::new(keys).join("signing-key.pem").exists());
+
+    let url = format!("{base}/api/kinde-webhook");
+    let send = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env("KINDE_WEBHOOKS_DEV_DIR", keys)
+            .output()
+            .unwrap()
+    };
+    let out = send(&[
+        "send",
+        "user.updated",
+        "--url",
+        &url,
+        "--event-id",
+        "event_0123456789abcdef0123456789abcdef",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("-> 200"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.wait_for("user.updated handled", |l| {
+        l.contains("user updated") && l.contains("event_0123456789abcdef0123456789abcdef")
+    });
+
+    // A type nobody handles is acknowledged, not an error.
+    let out = send(&["send", "widget.exploded", "--url", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A payload file holds the whole claims object; event_id and timestamp are filled in.
+    let payload = dir.path().join("role.json");
+    std::fs::write(&payload, r#"{"type":"role.created","data":{"role":{"id":"r1","key":"k","name":"n","is_default_role":false}}}"#).unwrap();
+    let out = send(&[
+        "send",
+        "--payload",
+        payload.to_str().unwrap(),
+        "--url",
+        &url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A receiver that refuses the event makes `send` exit 1.
+    let out = send(&["send", "user.created", "--url", &format!("{base}/nope")]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn serve_without_an_issuer_says_how_to_set_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("KINDE_ISSUER_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("kinde.issuer_url") && stderr.contains("KINDE_ISSUER_URL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn no_command_prints_help() {
+    let out = Command::new(BIN).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Usage:") && text.contains("serve") && text.contains("dev"),
+        "{text}"
+    );
+}
+
+#[test]
+fn handlers_command_prints_the_table() {
+    let out = Command::new(BIN).arg("handlers").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains(
+            "organization.*  log-organization-events (kinde_webhooks_handlers::organization)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("user.created") && stdout.contains("log-user-created"),
+        "{stdout}"
+    );
+}

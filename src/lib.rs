@@ -52,3 +52,8 @@ pub use verify::{Verifier, VerifyError};
 pub mod __private {
     pub use inventory;
 }
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

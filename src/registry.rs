@@ -168,7 +168,16 @@ pub struct Registry {
 /// Collects handlers for [`Registry`]; checks happen in [`RegistryBuilder::build`].
 #[derive(Debug, Default)]
 pub struct RegistryBuilder {
-    pending: Vec<(String, Vec<String>, String, Arc<dyn EventHandler>)>,
+    pending: Vec<Pending>,
+}
+
+/// A handler as given, before its name and patterns are checked.
+#[derive(Debug)]
+struct Pending {
+    name: String,
+    patterns: Vec<String>,
+    module: String,
+    handler: Arc<dyn EventHandler>,
 }
 
 impl fmt::Debug for dyn EventHandler {
@@ -191,8 +200,13 @@ impl RegistryBuilder {
         handler: Arc<dyn EventHandler>,
     ) -> Self {
         let patterns = patterns.iter().map(|p| (*p).to_owned()).collect();
-        self.pending
-            .push((name.to_owned(), patterns, "explicit".to_owned(), handler));
+        let module = "explicit".to_owned();
+        self.pending.push(Pending {
+            name: name.to_owned(),
+            patterns,
+            module,
+            handler,
+        });
         self
     }
 
@@ -200,12 +214,14 @@ impl RegistryBuilder {
     pub fn inventory(mut self) -> Self {
         for r in inventory::iter::<HandlerRegistration> {
             let patterns = r.patterns.iter().map(|p| (*p).to_owned()).collect();
-            self.pending.push((
-                r.name.to_owned(),
+            let handler = Arc::from((r.make)());
+            let (name, module) = (r.name.to_owned(), r.module.to_owned());
+            self.pending.push(Pending {
+                name,
                 patterns,
-                r.module.to_owned(),
-                Arc::from((r.make)()),
-            ));
+                module,
+                handler,
+            });
         }
         self
     }
@@ -216,7 +232,13 @@ impl RegistryBuilder {
             return Err(RegistryError::Empty);
         }
         let mut entries: Vec<Entry> = Vec::with_capacity(self.pending.len());
-        for (name, patterns, module, handler) in self.pending {
+        for Pending {
+            name,
+            patterns,
+            module,
+            handler,
+        } in self.pending
+        {
             let valid_name = !name.is_empty()
                 && name.len() <= 64
                 && name

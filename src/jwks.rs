@@ -74,7 +74,9 @@ struct KeySet {
 /// What the last fetch attempt did, for the cooldown and the 503-or-401 decision.
 #[derive(Debug, Default)]
 struct FetchState {
-    last_attempt: Option<Instant>,
+    /// When an unknown `kid` last caused a fetch: the cooldown counts from here, so
+    /// start-up and periodic refreshes do not delay picking up a rotated key.
+    last_kid_fetch: Option<Instant>,
     last_ok: bool,
 }
 
@@ -234,9 +236,10 @@ impl KeyStore {
         }
         let fetched_since = self.inner.generation.load(Ordering::Acquire) != seen;
         let cooling = state
-            .last_attempt
+            .last_kid_fetch
             .is_some_and(|t| t.elapsed() < self.inner.cooldown);
         if !fetched_since && !cooling {
+            state.last_kid_fetch = Some(Instant::now());
             if let Err(e) = self.fetch_locked(&mut state).await {
                 tracing::warn!(error = %e, "JWKS refresh for an unknown kid failed; keeping the keys held");
             }
@@ -260,7 +263,6 @@ impl KeyStore {
 
     async fn fetch_locked(&self, state: &mut FetchState) -> Result<usize, JwksError> {
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
-        state.last_attempt = Some(Instant::now());
         let result = self.download().await;
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
         state.last_ok = result.is_ok();

@@ -1,1 +1,11 @@
-fn main() {}
+//! Integration tests: a real receiver on a loopback port, a real JWKS endpoint, real RS256
+//! signatures, and handlers that record what they were given.
+
+mod bad_input;
+mod fixtures;
+mod forged;
+mod keys;
+mod registry;
+mod routes;
+mod subscriptions;
+mod utils;

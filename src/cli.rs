@@ -130,17 +130,7 @@ fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 fn load_config(explicit: Option<PathBuf>) -> Result<Config, String> {
-    let path = config_path(explicit);
-    let mut config = match &path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read config file {}: {e}", p.display()))?;
-            Config::from_toml(&text, &p.display().to_string()).map_err(|e| e.to_string())?
-        }
-        None => Config::default(),
-    };
-    config.apply_env(|name| std::env::var(name).ok());
-    Ok(config)
+    Config::read(config_path(explicit).as_deref()).map_err(|e| e.to_string())
 }
 
 fn build_registry() -> Result<Registry, String> {
@@ -191,7 +181,7 @@ where
         Ok(s) => s,
         Err(e) => return fail(1, format!("the init step failed: {e}")),
     };
-    let webhooks = match Webhooks::new(&config, registry, state) {
+    let webhooks = match Webhooks::open(&config, registry, state).await {
         Ok(w) => w,
         Err(e) => return fail(2, e),
     };
@@ -259,7 +249,7 @@ where
         Ok(s) => s,
         Err(e) => return fail(1, format!("the init step failed: {e}")),
     };
-    let webhooks = match Webhooks::new(&config, registry, state) {
+    let webhooks = match Webhooks::open(&config, registry, state).await {
         Ok(w) => w,
         Err(e) => return fail(2, e),
     };

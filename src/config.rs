@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -26,8 +26,133 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[log]`
     pub log: LogConfig,
+    /// `[delivery]`: store first (inbox) or handle before the reply (inline).
+    pub delivery: DeliveryConfig,
+    /// `[store]`: where the inbox (and inline dedup, when asked) keeps events.
+    pub store: StoreConfig,
+    /// `[inbox]`: workers, retries, retention.
+    pub inbox: InboxConfig,
     /// `[handlers.<name>]`: each handler's own settings, read through `Context::settings`.
     pub handlers: HashMap<String, toml::Value>,
+    /// The folder of the config file, which relative paths are resolved against.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
+}
+
+/// When handlers run relative to the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// Commit the event durably, answer 200, then run handlers with the inbox's retries.
+    #[default]
+    Inbox,
+    /// Run handlers before the reply: 500 when one fails, so Kinde retries.
+    Inline,
+}
+
+/// Where inline mode remembers handled events, so a redelivery does not run them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InlineDedup {
+    /// A bounded in-memory set (lost on restart).
+    #[default]
+    Memory,
+    /// The `[store]` database (survives restarts).
+    Store,
+    /// No dedup: every delivery runs the handlers.
+    Off,
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// `inbox` or `inline`.
+    pub mode: DeliveryMode,
+    /// A handler call running longer is cancelled and counts as failed.
+    #[serde(deserialize_with = "duration")]
+    pub handler_timeout: Duration,
+    /// Inline mode's dedup: `memory`, `store` or `off`.
+    pub inline_dedup: InlineDedup,
+    /// How many (route, event_id) keys the in-memory dedup keeps.
+    pub inline_dedup_capacity: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            mode: DeliveryMode::Inbox,
+            handler_timeout: Duration::from_secs(30),
+            inline_dedup: InlineDedup::Memory,
+            inline_dedup_capacity: 100_000,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` (embedded file).
+    pub backend: String,
+    /// The SQLite file, relative to the config file's folder.
+    pub path: PathBuf,
+    /// How long a write waits for a lock held elsewhere before the request gets 503.
+    #[serde(deserialize_with = "duration")]
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: "sqlite".into(),
+            path: PathBuf::from("kinde-webhooks.db"),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[inbox]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxConfig {
+    /// How many handler calls run at once.
+    pub workers: usize,
+    /// Attempts per (event, handler) before it is dead-lettered.
+    pub max_attempts: u32,
+    /// The delay before the second attempt; it doubles after each failure.
+    #[serde(deserialize_with = "duration")]
+    pub retry_base: Duration,
+    /// The longest delay between two attempts.
+    #[serde(deserialize_with = "duration")]
+    pub retry_cap: Duration,
+    /// How long a claimed job is reserved for its worker; after that it is claimed again.
+    #[serde(deserialize_with = "duration")]
+    pub lease: Duration,
+    /// How often idle workers look for due retries.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// Finished and skipped events are purged after this long (dead ones are kept).
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+    /// On shutdown, how long running handlers may finish before their jobs are released.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            workers: 8,
+            max_attempts: 8,
+            retry_base: Duration::from_secs(5),
+            retry_cap: Duration::from_secs(3600),
+            lease: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(1),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
 }
 
 /// `[server]`
@@ -190,18 +315,27 @@ impl Config {
 
     /// Load `path` (the defaults when it is `None`), apply the environment, validate.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Load `path` (the defaults when it is `None`) and apply the environment, without
+    /// validating (the `dev` server fills in its own issuer first).
+    pub fn read(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.display().to_string(),
                     source,
                 })?;
-                Config::from_toml(&text, &path.display().to_string())?
+                let mut config = Config::from_toml(&text, &path.display().to_string())?;
+                config.base_dir = path.parent().map(Path::to_path_buf);
+                config
             }
             None => Config::default(),
         };
         config.apply_env(|name| std::env::var(name).ok());
-        config.validate()?;
         Ok(config)
     }
 
@@ -237,6 +371,14 @@ impl Config {
                 issuer.trim_end_matches('/')
             ))
         })
+    }
+
+    /// The SQLite file: `[store] path`, relative to the config file's folder.
+    pub fn store_path(&self) -> PathBuf {
+        match &self.base_dir {
+            Some(dir) if self.store.path.is_relative() => dir.join(&self.store.path),
+            _ => self.store.path.clone(),
+        }
     }
 
     /// The listen address, parsed.
@@ -297,6 +439,7 @@ impl Config {
                 "under 1m refuses Kinde's own retries; use at least \"36h\" or leave it unset",
             ));
         }
+        self.validate_delivery()?;
         let routes = self.effective_routes();
         for (i, route) in routes.iter().enumerate() {
             let key = format!("routes[{i}]");
@@ -328,6 +471,80 @@ impl Config {
                 Pattern::parse(p)
                     .map_err(|e| invalid(format!("{key}.patterns"), format!("{p:?} {e}")))?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_delivery(&self) -> Result<(), ConfigError> {
+        let d = &self.delivery;
+        if d.handler_timeout.is_zero() {
+            return Err(invalid(
+                "delivery.handler_timeout",
+                "must be more than 0 (default \"30s\")",
+            ));
+        }
+        if d.mode == DeliveryMode::Inline
+            && d.inline_dedup == InlineDedup::Memory
+            && d.inline_dedup_capacity == 0
+        {
+            return Err(invalid(
+                "delivery.inline_dedup_capacity",
+                "must be at least 1, or set inline_dedup = \"off\"",
+            ));
+        }
+        if self.store.backend != "sqlite" {
+            return Err(invalid(
+                "store.backend",
+                format!("{:?} is not a backend; use \"sqlite\"", self.store.backend),
+            ));
+        }
+        if self.store.path.as_os_str().is_empty() {
+            return Err(invalid(
+                "store.path",
+                "is empty; name the SQLite file (default \"kinde-webhooks.db\")",
+            ));
+        }
+        let i = &self.inbox;
+        if i.workers == 0 || i.workers > 1024 {
+            return Err(invalid("inbox.workers", "must be 1 to 1024 (default 8)"));
+        }
+        if i.max_attempts == 0 {
+            return Err(invalid(
+                "inbox.max_attempts",
+                "must be at least 1 (default 8)",
+            ));
+        }
+        if i.retry_base.is_zero() || i.retry_cap < i.retry_base {
+            return Err(invalid(
+                "inbox.retry_cap",
+                "must be at least inbox.retry_base, and retry_base more than 0",
+            ));
+        }
+        if i.lease <= d.handler_timeout {
+            return Err(invalid(
+                "inbox.lease",
+                "must be longer than delivery.handler_timeout, or a slow handler's job is claimed twice",
+            ));
+        }
+        if i.poll_interval.is_zero() {
+            return Err(invalid(
+                "inbox.poll_interval",
+                "must be more than 0 (default \"1s\")",
+            ));
+        }
+        // Dedup lives as long as the stored events: it must outlive every event still accepted.
+        let accepted_for = self
+            .kinde
+            .max_event_age
+            .unwrap_or_default()
+            .max(Duration::from_secs(36 * 3600));
+        if i.retention < accepted_for {
+            return Err(invalid(
+                "inbox.retention",
+                "must outlive kinde.max_event_age and Kinde's 36 h of retries, or a late redelivery runs the handlers again",
+            ));
         }
         Ok(())
     }

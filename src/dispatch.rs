@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::join_all;
@@ -18,6 +18,7 @@ pub struct Dispatcher {
     registry: Arc<Registry>,
     state: Arc<State>,
     settings: Arc<HashMap<String, Arc<toml::Value>>>,
+    timeout: Option<Duration>,
 }
 
 /// What one handler did with one event.
@@ -60,7 +61,20 @@ impl Dispatcher {
             registry: Arc::new(registry),
             state: Arc::new(state),
             settings: Arc::new(settings),
+            timeout: None,
         }
+    }
+
+    /// Cancel a handler call that runs longer than `timeout` (a failed attempt).
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Run the handler registered as `name` on `event`; `None` if no such handler exists.
+    pub async fn run_named(&self, name: &str, event: &Event) -> Option<Result<(), HandlerError>> {
+        let entry = self.registry.entries().iter().find(|e| &*e.name == name)?;
+        Some(self.run_one(entry, event).await.result)
     }
 
     /// The registry this dispatcher runs.
@@ -87,10 +101,15 @@ impl Dispatcher {
             self.settings.get(&*entry.name).cloned(),
         );
         let started = Instant::now();
-        let result = AssertUnwindSafe(entry.handler.handle(event, &ctx))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| Err(HandlerError::Panicked(panic_message(&*panic))));
+        let call = AssertUnwindSafe(entry.handler.handle(event, &ctx)).catch_unwind();
+        let caught = match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or(Ok(Err(HandlerError::TimedOut(limit)))),
+            None => call.await,
+        };
+        let result =
+            caught.unwrap_or_else(|panic| Err(HandlerError::Panicked(panic_message(&*panic))));
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         match &result {
             Ok(()) => tracing::debug!(handler = %entry.name, elapsed_ms, "handler succeeded"),

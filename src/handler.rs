@@ -90,9 +90,15 @@ pub enum HandlerError {
     /// Application state the handler needs was not provided at start-up.
     #[error("no {0} in the application state: insert it in the init step")]
     MissingState(&'static str),
-    /// The handler's own work failed.
+    /// The handler's own work failed; a retry may succeed.
     #[error("{0}")]
     Failed(#[source] BoxError),
+    /// The handler's work failed and retrying cannot help: the inbox dead-letters it at once.
+    #[error("{0}")]
+    Permanent(#[source] BoxError),
+    /// The handler ran past its timeout and was cancelled.
+    #[error("handler timed out after {0:?}")]
+    TimedOut(std::time::Duration),
     /// The handler panicked; the panic was caught and harmed nothing else.
     #[error("handler panicked: {0}")]
     Panicked(String),
@@ -107,6 +113,25 @@ impl HandlerError {
     /// A failure described by a message.
     pub fn msg(message: impl fmt::Display) -> Self {
         HandlerError::Failed(message.to_string().into())
+    }
+
+    /// A failure no retry can fix (a record that can never be valid, say): the inbox
+    /// dead-letters it after this attempt instead of retrying.
+    pub fn permanent(err: impl Into<BoxError>) -> Self {
+        HandlerError::Permanent(err.into())
+    }
+
+    /// Whether retrying is pointless: an explicit [`HandlerError::permanent`], or `data`,
+    /// settings or state that will not change by themselves.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            HandlerError::Permanent(_)
+                | HandlerError::BadPayload { .. }
+                | HandlerError::WrongPayload { .. }
+                | HandlerError::Settings { .. }
+                | HandlerError::MissingState(_)
+        )
     }
 }
 

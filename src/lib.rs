@@ -15,6 +15,8 @@
 //! - [`jwks`]: the key store: JWKS fetching, caching, single-flight refresh with cooldown.
 //! - [`handler`]: the handler traits, the handler context and registration.
 //! - [`registry`]: event-type patterns and the registry built from them.
+//! - [`dedup`]: inline mode's bounded in-memory dedup.
+//! - [`inbox`]: the durable inbox: store before the 200, then workers with retries.
 //! - [`dispatch`]: runs the matching handlers of one event and collects their outcomes.
 //! - [`server`]: the axum router for the webhook routes, and `run` for the bundled server.
 //! - [`reply`]: the one place where an outcome becomes an HTTP status and body.
@@ -24,9 +26,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod dedup;
 pub mod dispatch;
 pub mod event;
 pub mod handler;
+pub mod inbox;
 pub mod jwks;
 pub mod payload;
 pub mod registry;
@@ -45,7 +49,7 @@ pub use handler::{
     Context, EventHandler, HandlerError, HandlerRegistration, State, Typed, TypedHandler,
 };
 pub use registry::{Pattern, Registry};
-pub use server::{Webhooks, run};
+pub use server::{StartError, Webhooks, run};
 pub use verify::{Verifier, VerifyError};
 
 #[doc(hidden)]

@@ -26,6 +26,9 @@ pub enum Rejection {
     /// At least one handler failed; Kinde will retry.
     #[error("a handler failed")]
     HandlerFailed,
+    /// The inbox could not store the event durably; Kinde will retry.
+    #[error("the event could not be stored: {0}")]
+    StoreUnavailable(String),
 }
 
 impl Rejection {
@@ -40,6 +43,7 @@ impl Rejection {
             Rejection::Verify(_) => StatusCode::UNAUTHORIZED,
             Rejection::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::HandlerFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            Rejection::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -66,6 +70,7 @@ impl Rejection {
             Rejection::PayloadTooLarge => "payload_too_large",
             Rejection::UnreadableBody => "unreadable_body",
             Rejection::HandlerFailed => "handler_failed",
+            Rejection::StoreUnavailable(_) => "store_unavailable",
         }
     }
 }
@@ -105,6 +110,7 @@ mod tests {
             ),
             (Rejection::PayloadTooLarge, 413),
             (Rejection::HandlerFailed, 500),
+            (Rejection::StoreUnavailable("locked".into()), 503),
         ];
         for (r, status) in cases {
             assert_eq!(r.status().as_u16(), status, "{r:?}");

@@ -16,12 +16,17 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::Utc;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::{Empty, display};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, DeliveryMode, InlineDedup};
+use crate::dedup::MemoryDedup;
 use crate::dispatch::Dispatcher;
+use crate::event::Event;
 use crate::handler::State;
+use crate::inbox::store::NewEvent;
+use crate::inbox::{Enqueued, Inbox, SqliteStore, Store, StoreError};
 use crate::jwks::KeyStore;
 use crate::registry::{Pattern, Registry, any_matches};
 use crate::reply::{self, Rejection};
@@ -30,7 +35,7 @@ use crate::verify::Verifier;
 /// The header Kinde sets to the same value on every retry of one delivery.
 pub const WEBHOOK_ID_HEADER: &str = "webhook-id";
 
-/// A configured receiver: verifier, handlers and routes. Cheap to clone.
+/// A configured receiver: verifier, handlers, routes and delivery mode. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Webhooks {
     shared: Arc<Shared>,
@@ -40,9 +45,25 @@ pub struct Webhooks {
 struct Shared {
     verifier: Verifier,
     dispatcher: Dispatcher,
+    delivery: Delivery,
     routes: Vec<Route>,
     body_limit: usize,
     refresh_interval: Duration,
+}
+
+#[derive(Debug)]
+enum Delivery {
+    /// Handlers run before the reply; handled keys are remembered here.
+    Inline(Dedup),
+    /// The event is stored before the reply; workers run the handlers.
+    Inbox(Inbox),
+}
+
+#[derive(Debug)]
+enum Dedup {
+    Off,
+    Memory(MemoryDedup),
+    Store(Arc<dyn Store>),
 }
 
 #[derive(Debug)]
@@ -51,16 +72,99 @@ struct Route {
     patterns: Vec<Pattern>,
 }
 
+/// Why the receiver could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+}
+
 impl Webhooks {
-    /// Build the receiver from a validated config, the handler registry and the
-    /// application state the handlers read.
+    /// Build the receiver as `config` says, opening the `[store]` database when the
+    /// delivery mode (inbox, or inline with store dedup) needs it. Jobs a crash left in
+    /// flight are handed back first: call this once per process that serves.
+    pub async fn open(
+        config: &Config,
+        registry: Registry,
+        state: State,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        let needs_store = config.delivery.mode == DeliveryMode::Inbox
+            || config.delivery.inline_dedup == InlineDedup::Store;
+        if !needs_store {
+            return Ok(Self::new(config, registry, state)?);
+        }
+        let path = config.store_path();
+        let store = SqliteStore::open(&path, config.store.busy_timeout).await?;
+        if config.delivery.mode == DeliveryMode::Inbox {
+            let recovered = store.recover_in_flight().await?;
+            if recovered > 0 {
+                tracing::info!(
+                    jobs = recovered,
+                    "inbox: jobs left in flight by the last run are due again"
+                );
+            }
+        }
+        tracing::info!(path = %path.display(), "store opened");
+        Ok(Self::with_store(config, registry, state, Arc::new(store))?)
+    }
+
+    /// Build a receiver that needs no store: inline delivery with in-memory or no dedup.
     pub fn new(config: &Config, registry: Registry, state: State) -> Result<Self, ConfigError> {
+        Self::build(config, registry, state, None)
+    }
+
+    /// Build the receiver over an already opened store.
+    pub fn with_store(
+        config: &Config,
+        registry: Registry,
+        state: State,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(config, registry, state, Some(store))
+    }
+
+    fn build(
+        config: &Config,
+        registry: Registry,
+        state: State,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let jwks_url = config.jwks_url().ok_or_else(|| ConfigError::Invalid {
             key: "kinde.issuer_url".into(),
             message: "is not set: set KINDE_ISSUER_URL".into(),
         })?;
         let keys = KeyStore::new(jwks_url, config.kinde.jwks_refresh_cooldown);
+        let dispatcher = Dispatcher::new(registry, state, config.handlers.clone())
+            .with_timeout(Some(config.delivery.handler_timeout));
+        let needs_store = |what: &str| ConfigError::Invalid {
+            key: "delivery.mode".into(),
+            message: format!(
+                "{what} needs a store: build with Webhooks::open (opens [store]) or Webhooks::with_store"
+            ),
+        };
+        let delivery = match (config.delivery.mode, config.delivery.inline_dedup, store) {
+            (DeliveryMode::Inbox, _, Some(store)) => {
+                Delivery::Inbox(Inbox::new(store, dispatcher.clone(), config.inbox.clone()))
+            }
+            (DeliveryMode::Inbox, _, None) => return Err(needs_store("delivery.mode = \"inbox\"")),
+            (DeliveryMode::Inline, InlineDedup::Off, _) => Delivery::Inline(Dedup::Off),
+            (DeliveryMode::Inline, InlineDedup::Memory, _) => Delivery::Inline(Dedup::Memory(
+                MemoryDedup::new(config.delivery.inline_dedup_capacity),
+            )),
+            (DeliveryMode::Inline, InlineDedup::Store, Some(store)) => {
+                Delivery::Inline(Dedup::Store(store))
+            }
+            (DeliveryMode::Inline, InlineDedup::Store, None) => {
+                return Err(needs_store("delivery.inline_dedup = \"store\""));
+            }
+        };
         let routes = config
             .effective_routes()
             .into_iter()
@@ -77,7 +181,8 @@ impl Webhooks {
         Ok(Self {
             shared: Arc::new(Shared {
                 verifier: Verifier::new(keys, config.kinde.max_event_age),
-                dispatcher: Dispatcher::new(registry, state, config.handlers.clone()),
+                dispatcher,
+                delivery,
                 routes,
                 body_limit: config.server.body_limit,
                 refresh_interval: config.kinde.jwks_refresh_interval,
@@ -95,8 +200,22 @@ impl Webhooks {
         self.shared.dispatcher.registry()
     }
 
+    /// The inbox, in inbox mode.
+    pub fn inbox(&self) -> Option<&Inbox> {
+        match &self.shared.delivery {
+            Delivery::Inbox(inbox) => Some(inbox),
+            Delivery::Inline(_) => None,
+        }
+    }
+
     /// Log the routes and the handler table, once at start-up.
     pub fn log_startup(&self) {
+        let mode = if self.inbox().is_some() {
+            "inbox"
+        } else {
+            "inline"
+        };
+        tracing::info!(mode, "delivery");
         for route in &self.shared.routes {
             let patterns: Vec<String> = route.patterns.iter().map(ToString::to_string).collect();
             tracing::info!(path = %route.path, patterns = %patterns.join(", "), "webhook route");
@@ -106,7 +225,8 @@ impl Webhooks {
         }
     }
 
-    /// Only the webhook routes (POST), each with the body limit. Mount it in your own app.
+    /// Only the webhook routes (POST), each with the body limit. Mount it in your own app;
+    /// in inbox mode also spawn [`Inbox::run`] (the bundled [`run`] does).
     pub fn router(&self) -> Router {
         let mut router = Router::new();
         for index in 0..self.shared.routes.len() {
@@ -130,7 +250,7 @@ impl Webhooks {
     }
 }
 
-/// One delivery: read, verify, route, dispatch, answer.
+/// One delivery: read, verify, route, then store or dispatch, and answer.
 async fn receive(
     shared: &Shared,
     route: &Route,
@@ -186,11 +306,86 @@ async fn handle(
         span.record("webhook_id", display(id));
     }
 
-    if !any_matches(&route.patterns, &event.event_type) {
-        tracing::info!("event type not accepted on this route; acknowledged, not dispatched");
+    let routed = any_matches(&route.patterns, &event.event_type);
+    match &shared.delivery {
+        Delivery::Inbox(inbox) => store_event(shared, inbox, event, routed).await,
+        Delivery::Inline(dedup) => {
+            if !routed {
+                tracing::info!(
+                    "event type not accepted on this route; acknowledged, not dispatched"
+                );
+                return Ok(reply::ok());
+            }
+            handle_inline(shared, dedup, &event).await
+        }
+    }
+}
+
+/// Inbox mode: commit the event (with one job per matching handler) before the 200.
+async fn store_event(
+    shared: &Shared,
+    inbox: &Inbox,
+    event: Event,
+    routed: bool,
+) -> Result<Response, Rejection> {
+    let handlers = if routed {
+        shared
+            .dispatcher
+            .registry()
+            .handlers_for(&event.event_type)
+            .map(|e| e.name.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let skipped = handlers.is_empty();
+    let new = NewEvent {
+        route: event.delivery.route,
+        event_id: event.event_id,
+        webhook_id: event.delivery.webhook_id,
+        event_type: event.event_type,
+        claims: event.claims,
+        received_at: event.delivery.received_at,
+        handlers,
+    };
+    match inbox.store().enqueue(new).await {
+        Ok(Enqueued::Stored) => {
+            if skipped {
+                tracing::info!(routed, "no handler for this event; stored as skipped");
+            } else {
+                inbox.wake();
+                tracing::info!("event stored");
+            }
+            Ok(reply::ok())
+        }
+        Ok(Enqueued::Duplicate) => {
+            tracing::info!("duplicate delivery; already stored");
+            Ok(reply::ok())
+        }
+        Err(e) => Err(Rejection::StoreUnavailable(e.to_string())),
+    }
+}
+
+/// Inline mode: run the handlers before the reply; remember the key only once all succeeded.
+async fn handle_inline(
+    shared: &Shared,
+    dedup: &Dedup,
+    event: &Event,
+) -> Result<Response, Rejection> {
+    let (route, id) = (event.delivery.route.as_str(), event.event_id.as_str());
+    let seen = match dedup {
+        Dedup::Off => false,
+        Dedup::Memory(set) => set.seen(route, id),
+        Dedup::Store(store) => store.seen(route, id).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "dedup lookup failed; handling the event");
+            false
+        }),
+    };
+    if seen {
+        tracing::info!("duplicate delivery; handlers not run again");
         return Ok(reply::ok());
     }
-    let report = shared.dispatcher.dispatch(&event).await;
+    let report = shared.dispatcher.dispatch(event).await;
     if report.unhandled() {
         tracing::info!("no handler for this event type; acknowledged");
     } else if report.all_ok() {
@@ -204,13 +399,23 @@ async fn handle(
         );
         return Err(Rejection::HandlerFailed);
     }
+    match dedup {
+        Dedup::Off => {}
+        Dedup::Memory(set) => set.record(route, id),
+        Dedup::Store(store) => {
+            if let Err(e) = store.mark_seen(route, id, event.delivery.received_at).await {
+                tracing::warn!(error = %e, "could not record the event as handled; a redelivery would run it again");
+            }
+        }
+    }
     Ok(reply::ok())
 }
 
 /// Serve `webhooks.app()` on `listener` until `shutdown` completes, keeping the key set
-/// fresh in the background. The first JWKS fetch happens after the listener is serving,
-/// so a JWKS that is down does not stop the server from starting (it answers 503 until
-/// keys arrive).
+/// fresh and, in inbox mode, running the inbox's workers. The first JWKS fetch happens
+/// after the listener is serving, so a JWKS that is down does not stop the server from
+/// starting (it answers 503 until keys arrive). On shutdown: stop accepting, finish the
+/// requests in progress, then let the workers finish or release their jobs.
 pub async fn run(
     listener: TcpListener,
     webhooks: Webhooks,
@@ -230,10 +435,19 @@ pub async fn run_with(
     let refresher = webhooks
         .keys()
         .spawn_refresher(webhooks.shared.refresh_interval);
+    let stop = CancellationToken::new();
+    let workers = webhooks.inbox().cloned().map(|inbox| {
+        let stop = stop.clone();
+        tokio::spawn(async move { inbox.run(stop).await })
+    });
     let app = webhooks.app().merge(extra);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
+    stop.cancel();
+    if let Some(workers) = workers {
+        let _ = workers.await;
+    }
     refresher.abort();
     result
 }

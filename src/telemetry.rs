@@ -9,9 +9,12 @@ pub fn init(log: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal, so piped and collected logs stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(ansi);
     let _ = match log.format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder

@@ -197,29 +197,23 @@ impl UnverifiedToken<'_> {
             .map_err(|_| VerifyError::Malformed)?;
         let json = String::from_utf8(bytes)
             .map_err(|_| VerifyError::InvalidPayload("not UTF-8".into()))?;
-        let claims: Claims =
-            serde_json::from_str(&json).map_err(|e| VerifyError::InvalidPayload(e.to_string()))?;
+        let (event, exp, nbf) = read_claims(json, now)?;
         let now_secs = now.timestamp() as f64;
         let leeway = CLOCK_LEEWAY.as_secs_f64();
-        if let Some(exp) = claims.exp {
+        if let Some(exp) = exp {
             let exp = exp.as_f64().ok_or(VerifyError::BadClaim("exp"))?;
             if now_secs > exp + leeway {
                 return Err(VerifyError::Expired);
             }
         }
-        if let Some(nbf) = claims.nbf {
+        if let Some(nbf) = nbf {
             let nbf = nbf.as_f64().ok_or(VerifyError::BadClaim("nbf"))?;
             if now_secs + leeway < nbf {
                 return Err(VerifyError::NotYetValid);
             }
         }
-        if claims.event_type.is_empty() || claims.event_id.is_empty() {
-            return Err(VerifyError::InvalidPayload(
-                "type and event_id must not be empty".into(),
-            ));
-        }
         if let Some(max_age) = max_event_age {
-            let age = now.signed_duration_since(claims.timestamp);
+            let age = now.signed_duration_since(event.timestamp);
             if age.to_std().is_ok_and(|age| age > max_age) {
                 return Err(VerifyError::EventTooOld);
             }
@@ -227,21 +221,39 @@ impl UnverifiedToken<'_> {
                 return Err(VerifyError::EventInFuture);
             }
         }
-        Ok(Event {
-            event_type: claims.event_type,
-            event_id: claims.event_id,
-            timestamp: claims.timestamp,
-            source: claims.source,
-            data: claims.data,
-            event_timestamp: claims.event_timestamp,
-            ip_address: claims.ip_address,
-            delivery: Delivery {
-                received_at: now,
-                ..Delivery::default()
-            },
-            claims: Arc::from(json),
-        })
+        Ok(event)
     }
+}
+
+/// Read a claims object into an [`Event`] (delivery facts left at their defaults, bar
+/// `received_at`), returning `exp` and `nbf` for the caller to check. Also used to rebuild
+/// an event from the claims kept in the inbox.
+pub(crate) fn read_claims(
+    json: String,
+    received_at: DateTime<Utc>,
+) -> Result<(Event, Option<Value>, Option<Value>), VerifyError> {
+    let claims: Claims =
+        serde_json::from_str(&json).map_err(|e| VerifyError::InvalidPayload(e.to_string()))?;
+    if claims.event_type.is_empty() || claims.event_id.is_empty() {
+        return Err(VerifyError::InvalidPayload(
+            "type and event_id must not be empty".into(),
+        ));
+    }
+    let event = Event {
+        event_type: claims.event_type,
+        event_id: claims.event_id,
+        timestamp: claims.timestamp,
+        source: claims.source,
+        data: claims.data,
+        event_timestamp: claims.event_timestamp,
+        ip_address: claims.ip_address,
+        delivery: Delivery {
+            received_at,
+            ..Delivery::default()
+        },
+        claims: Arc::from(json),
+    };
+    Ok((event, claims.exp, claims.nbf))
 }
 
 /// Verifies Kinde webhook tokens against a [`KeyStore`].

@@ -129,7 +129,9 @@ async fn serve_verifies_a_kinde_token_and_the_bundled_handler_logs_its_event_id(
     let key = SigningKey::generate().unwrap();
     let issuer = serve_jwks(&key).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = repo_config();
+    // The shipped config, copied so its inbox file lands in the temporary folder.
+    let config = dir.path().join("config.toml");
+    std::fs::copy(repo_config(), &config).unwrap();
     let mut server = Spawned::start(
         &["serve", "--config", config.to_str().unwrap()],
         dir.path(),

@@ -1,0 +1,260 @@
+//! The durable inbox: every verified event is stored before it is acknowledged, then
+//! workers run its handlers with their own retries, so nothing answered 200 is lost.
+//!
+//! - [`store`]: the storage contract (and its types), so backends share semantics.
+//! - [`sqlite`]: the embedded default, with group commit.
+//! - [`Inbox`]: the workers: claim due jobs, run each (event, handler) once per attempt
+//!   with a timeout, retry with backoff and jitter, dead-letter, release on shutdown.
+
+pub mod sqlite;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::InboxConfig;
+use crate::dispatch::Dispatcher;
+use crate::handler::HandlerError;
+use crate::verify::read_claims;
+pub use sqlite::SqliteStore;
+pub use store::{Enqueued, Store, StoreError};
+use store::{Finished, Job, JobKey, Outcome};
+
+/// How long to wait after the store failed before trying again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// How often finished and skipped events past retention are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The delay before attempt `attempt + 1`: `base * 2^(attempt-1)`, capped, with jitter in
+/// `[delay/2, delay]` so that failures of many events do not retry in lockstep.
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(30)));
+    let delay = exp.min(cap);
+    let half = delay / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// The inbox's workers over one store.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    store: Arc<dyn Store>,
+    dispatcher: Dispatcher,
+    config: InboxConfig,
+    wake: Arc<Notify>,
+}
+
+impl Inbox {
+    /// Workers over `store`, running the dispatcher's handlers.
+    pub fn new(store: Arc<dyn Store>, dispatcher: Dispatcher, config: InboxConfig) -> Self {
+        Self {
+            store,
+            dispatcher,
+            config,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Tell idle workers new work was stored.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Run workers until `stop` is cancelled; then finish in-flight jobs within the
+    /// shutdown grace and hand back (release) any that did not finish.
+    pub async fn run(&self, stop: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.config.workers.max(1)));
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, JobKey> = HashMap::new();
+        let mut last_purge = Instant::now() - PURGE_EVERY;
+        loop {
+            while let Some(done) = tasks.try_join_next_with_id() {
+                running.remove(&done.map(|(id, ())| id).unwrap_or_else(|e| e.id()));
+            }
+            if last_purge.elapsed() >= PURGE_EVERY {
+                last_purge = Instant::now();
+                self.purge_expired().await;
+            }
+            let free = permits.available_permits();
+            let mut wait = self.config.poll_interval;
+            if free > 0 {
+                match self.store.claim(free, self.config.lease).await {
+                    Ok(jobs) if !jobs.is_empty() => {
+                        for job in jobs {
+                            let Ok(permit) = permits.clone().acquire_owned().await else {
+                                break;
+                            };
+                            let key = job.key.clone();
+                            let this = self.clone();
+                            let handle = tasks.spawn(async move {
+                                this.run_job(job).await;
+                                drop(permit);
+                            });
+                            running.insert(handle.id(), key);
+                        }
+                        continue;
+                    }
+                    Ok(_) => {
+                        if let Ok(Some(due)) = self.store.next_due().await {
+                            let until = (due - Utc::now()).to_std().unwrap_or_default();
+                            wait = wait.min(until.max(Duration::from_millis(5)));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "inbox: cannot claim work; retrying");
+                        wait = STORE_RETRY;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.wake.notified() => {}
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    running.remove(&done.map(|(id, ())| id).unwrap_or_else(|e| e.id()));
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.drain(tasks, running).await;
+    }
+
+    async fn drain(&self, mut tasks: JoinSet<()>, mut running: HashMap<tokio::task::Id, JobKey>) {
+        let grace = self.config.shutdown_grace;
+        let finished = tokio::time::timeout(grace, async {
+            while let Some(done) = tasks.join_next_with_id().await {
+                running.remove(&done.map(|(id, ())| id).unwrap_or_else(|e| e.id()));
+            }
+        })
+        .await;
+        if finished.is_err() {
+            tasks.abort_all();
+            let keys: Vec<JobKey> = running.into_values().collect();
+            tracing::warn!(
+                jobs = keys.len(),
+                ?grace,
+                "inbox: handlers still running at shutdown; released for the next start"
+            );
+            if let Err(e) = self.store.release(keys).await {
+                tracing::warn!(error = %e, "inbox: release failed; the jobs are picked up when their lease expires");
+            }
+        }
+    }
+
+    /// Run every job that is due now, then return (`inbox replay` when no server runs).
+    pub async fn run_due(&self) -> Result<usize, StoreError> {
+        let mut ran = 0;
+        loop {
+            let jobs = self
+                .store
+                .claim(self.config.workers.max(1), self.config.lease)
+                .await?;
+            if jobs.is_empty() {
+                return Ok(ran);
+            }
+            ran += jobs.len();
+            futures_util::future::join_all(jobs.into_iter().map(|job| self.run_job(job))).await;
+        }
+    }
+
+    async fn purge_expired(&self) {
+        let Ok(retention) = chrono::Duration::from_std(self.config.retention) else {
+            return;
+        };
+        match self.store.purge(Utc::now() - retention, false).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "inbox: purged finished events past retention"),
+            Err(e) => tracing::warn!(error = %e, "inbox: purge failed"),
+        }
+    }
+
+    /// One attempt of one job, recorded in the store.
+    async fn run_job(&self, job: Job) {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let result = match read_claims(job.claims, job.received_at) {
+            Ok((mut event, _, _)) => {
+                event.delivery.route = job.route;
+                event.delivery.webhook_id = job.webhook_id;
+                let span = tracing::info_span!("inbox", handler = %job.key.handler, event_id = %event.event_id,
+                    event_type = %event.event_type, attempt = job.attempts + 1);
+                match self
+                    .dispatcher
+                    .run_named(&job.key.handler, &event)
+                    .instrument(span)
+                    .await
+                {
+                    Some(result) => result,
+                    None => Err(HandlerError::permanent(format!(
+                        "handler {} is not registered",
+                        job.key.handler
+                    ))),
+                }
+            }
+            Err(e) => Err(HandlerError::permanent(format!(
+                "stored claims are unreadable: {e}"
+            ))),
+        };
+        let attempt = job.attempts + 1;
+        let outcome = match result {
+            Ok(()) => Outcome::Done,
+            Err(e) if e.is_permanent() || attempt >= self.config.max_attempts => {
+                tracing::error!(handler = %job.key.handler, attempt, error = %e, "inbox: dead-lettered");
+                Outcome::Dead {
+                    error: e.to_string(),
+                }
+            }
+            Err(e) => {
+                let delay = backoff(attempt, self.config.retry_base, self.config.retry_cap);
+                tracing::warn!(handler = %job.key.handler, attempt, retry_in = ?delay, error = %e, "inbox: attempt failed");
+                let due_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                Outcome::Retry {
+                    error: e.to_string(),
+                    due_at,
+                }
+            }
+        };
+        let finished = Finished {
+            key: job.key,
+            outcome,
+            started_at,
+            duration: clock.elapsed(),
+        };
+        if let Err(e) = self.store.finish(finished).await {
+            tracing::error!(error = %e, "inbox: cannot record the outcome; the job runs again after its lease");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        for attempt in 1..20 {
+            let d = backoff(attempt, base, cap);
+            let full = base.saturating_mul(1 << (attempt - 1).min(20)).min(cap);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+        let samples: std::collections::HashSet<_> =
+            (0..20).map(|_| backoff(5, base, cap)).collect();
+        assert!(samples.len() > 1, "jitter");
+    }
+}

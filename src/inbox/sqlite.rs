@@ -1,0 +1,616 @@
+//! The embedded SQLite store: one file, WAL, `synchronous=FULL`, and group commit.
+//!
+//! Every write of the hot path (enqueue, claim, finish, release) goes to one writer task
+//! that owns one connection. It takes whatever commands are waiting, runs them all in one
+//! transaction and commits once: one fsync for the batch, and each caller hears back only
+//! after the commit that made its own row durable.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::*;
+
+/// The most commands one transaction takes.
+const MAX_BATCH: usize = 512;
+/// Commands waiting for the writer before callers wait for room.
+const QUEUE: usize = 4096;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    route       TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    webhook_id  TEXT,
+    event_type  TEXT NOT NULL,
+    claims      TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    UNIQUE (route, event_id)
+);
+CREATE INDEX events_received ON events (received_at);
+CREATE INDEX events_event_id ON events (event_id);
+CREATE TABLE jobs (
+    event_row   INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    handler     TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    due_at      INTEGER NOT NULL,
+    lease_until INTEGER,
+    last_error  TEXT,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (event_row, handler)
+);
+CREATE INDEX jobs_due ON jobs (status, due_at);
+CREATE TABLE attempts (
+    event_row   INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    handler     TEXT NOT NULL,
+    started_at  INTEGER NOT NULL,
+    duration_ms REAL NOT NULL,
+    error       TEXT
+);
+CREATE INDEX attempts_job ON attempts (event_row, handler);
+CREATE TABLE seen (
+    route    TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    at       INTEGER NOT NULL,
+    PRIMARY KEY (route, event_id)
+);
+"#];
+
+/// The derived event status, as SQL over `e.id`.
+const STATUS_SQL: &str = "CASE
+    WHEN NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id) THEN 'skipped'
+    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status = 'dead') THEN 'dead'
+    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status = 'failed') THEN 'failed'
+    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status IN ('pending', 'in_flight')) THEN 'pending'
+    ELSE 'done' END";
+
+enum Command {
+    Enqueue(NewEvent, oneshot::Sender<Result<Enqueued, StoreError>>),
+    Claim(
+        usize,
+        Duration,
+        oneshot::Sender<Result<Vec<Job>, StoreError>>,
+    ),
+    Finish(Finished, oneshot::Sender<Result<(), StoreError>>),
+    Release(Vec<JobKey>, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// What a command produced inside the transaction, sent once it commits.
+enum Produced {
+    Enqueued(Enqueued),
+    Claimed(Vec<Job>),
+    Unit,
+}
+
+/// The SQLite inbox store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    writer: mpsc::Sender<Command>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Enqueue(..) => "Enqueue",
+            Command::Claim(..) => "Claim",
+            Command::Finish(..) => "Finish",
+            Command::Release(..) => "Release",
+        })
+    }
+}
+
+pub(crate) fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the store at `path` and apply migrations. `busy_timeout`
+    /// bounds how long a write waits for a lock held elsewhere before failing (then 503).
+    pub async fn open(path: &Path, busy_timeout: Duration) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Schema(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(busy_timeout);
+        let mut writer = options.connect().await?;
+        migrate(&mut writer).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_loop(writer, rx));
+        Ok(SqliteStore {
+            pool,
+            writer: tx,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hand every job left in flight by a crash back as due now. Call once at start-up,
+    /// before workers start (this process owns the file).
+    pub async fn recover_in_flight(&self) -> Result<u64, StoreError> {
+        let now = millis(Utc::now());
+        let r = sqlx::query("UPDATE jobs SET status = 'pending', lease_until = NULL, due_at = ?1, updated_at = ?1 WHERE status = 'in_flight'")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::Schema(e.to_string()))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PRAGMA user_version = {}",
+            i + 1
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+async fn write_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, batch).await;
+    }
+}
+
+async fn run_batch(conn: &mut SqliteConnection, batch: Vec<Command>) {
+    let result: Result<Vec<Produced>, sqlx::Error> = async {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut produced = Vec::with_capacity(batch.len());
+        for cmd in &batch {
+            produced.push(match cmd {
+                Command::Enqueue(event, _) => Produced::Enqueued(enqueue(&mut tx, event).await?),
+                Command::Claim(limit, lease, _) => {
+                    Produced::Claimed(claim(&mut tx, *limit, *lease).await?)
+                }
+                Command::Finish(finished, _) => {
+                    finish(&mut tx, finished).await?;
+                    Produced::Unit
+                }
+                Command::Release(keys, _) => {
+                    release(&mut tx, keys).await?;
+                    Produced::Unit
+                }
+            });
+        }
+        tx.commit().await?;
+        Ok(produced)
+    }
+    .await;
+    match result {
+        Ok(produced) => {
+            for (cmd, out) in batch.into_iter().zip(produced) {
+                match (cmd, out) {
+                    (Command::Enqueue(_, reply), Produced::Enqueued(e)) => drop(reply.send(Ok(e))),
+                    (Command::Claim(_, _, reply), Produced::Claimed(jobs)) => {
+                        drop(reply.send(Ok(jobs)))
+                    }
+                    (Command::Finish(_, reply), _) | (Command::Release(_, reply), _) => {
+                        drop(reply.send(Ok(())))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tracing::error!(error = %message, commands = batch.len(), "store write failed; the batch was rolled back");
+            let err = || StoreError::Database(sqlx::Error::Protocol(message.clone()));
+            for cmd in batch {
+                match cmd {
+                    Command::Enqueue(_, reply) => drop(reply.send(Err(err()))),
+                    Command::Claim(_, _, reply) => drop(reply.send(Err(err()))),
+                    Command::Finish(_, reply) | Command::Release(_, reply) => {
+                        drop(reply.send(Err(err())))
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn enqueue(tx: &mut SqliteConnection, e: &NewEvent) -> Result<Enqueued, sqlx::Error> {
+    let row: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO events (route, event_id, webhook_id, event_type, claims, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (route, event_id) DO NOTHING RETURNING id",
+    )
+    .bind(&e.route)
+    .bind(&e.event_id)
+    .bind(&e.webhook_id)
+    .bind(&e.event_type)
+    .bind(&*e.claims)
+    .bind(millis(e.received_at))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Enqueued::Duplicate);
+    };
+    let now = millis(e.received_at);
+    for handler in &e.handlers {
+        sqlx::query("INSERT INTO jobs (event_row, handler, status, attempts, due_at, updated_at) VALUES (?1, ?2, 'pending', 0, ?3, ?3)")
+            .bind(row)
+            .bind(&**handler)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(Enqueued::Stored)
+}
+
+async fn claim(
+    tx: &mut SqliteConnection,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<Job>, sqlx::Error> {
+    let now = millis(Utc::now());
+    let until = now + lease.as_millis() as i64;
+    let rows = sqlx::query(
+        "UPDATE jobs SET status = 'in_flight', lease_until = ?2, updated_at = ?1
+         WHERE rowid IN (
+             SELECT rowid FROM jobs
+             WHERE (status IN ('pending', 'failed') AND due_at <= ?1) OR (status = 'in_flight' AND lease_until <= ?1)
+             ORDER BY due_at LIMIT ?3)
+         RETURNING event_row, handler, attempts",
+    )
+    .bind(now)
+    .bind(until)
+    .bind(limit as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event_row: i64 = row.try_get(0)?;
+        let event =
+            sqlx::query("SELECT route, webhook_id, claims, received_at FROM events WHERE id = ?1")
+                .bind(event_row)
+                .fetch_one(&mut *tx)
+                .await?;
+        jobs.push(Job {
+            key: JobKey {
+                event_row,
+                handler: row.try_get(1)?,
+            },
+            attempts: row.try_get::<i64, _>(2)? as u32,
+            route: event.try_get(0)?,
+            webhook_id: event.try_get(1)?,
+            claims: event.try_get(2)?,
+            received_at: from_millis(event.try_get(3)?),
+        });
+    }
+    Ok(jobs)
+}
+
+async fn finish(tx: &mut SqliteConnection, f: &Finished) -> Result<(), sqlx::Error> {
+    let now = millis(Utc::now());
+    let (status, error, due) = match &f.outcome {
+        Outcome::Done => ("done", None, None),
+        Outcome::Retry { error, due_at } => ("failed", Some(error.as_str()), Some(millis(*due_at))),
+        Outcome::Dead { error } => ("dead", Some(error.as_str()), None),
+    };
+    sqlx::query(
+        "UPDATE jobs SET status = ?3, attempts = attempts + 1, last_error = ?4, due_at = COALESCE(?5, due_at),
+             lease_until = NULL, updated_at = ?6
+         WHERE event_row = ?1 AND handler = ?2 AND status = 'in_flight'",
+    )
+    .bind(f.key.event_row)
+    .bind(&f.key.handler)
+    .bind(status)
+    .bind(error)
+    .bind(due)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO attempts (event_row, handler, started_at, duration_ms, error) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .bind(f.key.event_row)
+        .bind(&f.key.handler)
+        .bind(millis(f.started_at))
+        .bind(f.duration.as_secs_f64() * 1e3)
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+async fn release(tx: &mut SqliteConnection, keys: &[JobKey]) -> Result<(), sqlx::Error> {
+    let now = millis(Utc::now());
+    for key in keys {
+        sqlx::query(
+            "UPDATE jobs SET status = 'pending', lease_until = NULL, due_at = ?3, updated_at = ?3
+             WHERE event_row = ?1 AND handler = ?2 AND status = 'in_flight'",
+        )
+        .bind(key.event_row)
+        .bind(&key.handler)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn summary(row: &sqlx::sqlite::SqliteRow) -> Result<EventSummary, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(EventSummary {
+        row: row.try_get("id")?,
+        route: row.try_get("route")?,
+        event_id: row.try_get("event_id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        event_type: row.try_get("event_type")?,
+        received_at: from_millis(row.try_get("received_at")?),
+        status: EventStatus::parse(&status).unwrap_or(EventStatus::Pending),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn enqueue(&self, event: NewEvent) -> Result<Enqueued, StoreError> {
+        self.send(|reply| Command::Enqueue(event, reply)).await
+    }
+
+    async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Job>, StoreError> {
+        self.send(|reply| Command::Claim(limit, lease, reply)).await
+    }
+
+    async fn finish(&self, finished: Finished) -> Result<(), StoreError> {
+        self.send(|reply| Command::Finish(finished, reply)).await
+    }
+
+    async fn release(&self, jobs: Vec<JobKey>) -> Result<(), StoreError> {
+        self.send(|reply| Command::Release(jobs, reply)).await
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN status = 'in_flight' THEN lease_until ELSE due_at END) FROM jobs
+             WHERE status IN ('pending', 'failed', 'in_flight')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(due.map(from_millis))
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<EventSummary>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM (SELECT e.id, e.route, e.event_id, e.webhook_id, e.event_type, e.received_at, {STATUS_SQL} AS status
+             FROM events e) WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR event_type = ?2) ORDER BY id DESC LIMIT ?3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.status.map(EventStatus::as_str))
+            .bind(&filter.event_type)
+            .bind(i64::from(filter.limit.max(1)))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(summary).collect::<Result<_, _>>()?)
+    }
+
+    async fn show(&self, event_id: &str) -> Result<Vec<EventDetail>, StoreError> {
+        let sql = format!(
+            "SELECT e.id, e.route, e.event_id, e.webhook_id, e.event_type, e.received_at, e.claims, {STATUS_SQL} AS status
+             FROM events e WHERE e.event_id = ?1 ORDER BY e.id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(event_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut details = Vec::new();
+        for row in rows {
+            let summary = summary(&row)?;
+            let claims: String = row.try_get("claims")?;
+            let job_rows = sqlx::query(
+                "SELECT handler, status, attempts, due_at, last_error FROM jobs WHERE event_row = ?1 ORDER BY handler",
+            )
+            .bind(summary.row)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut jobs = Vec::new();
+            for j in job_rows {
+                let handler: String = j.try_get(0)?;
+                let history = sqlx::query(
+                    "SELECT started_at, duration_ms, error FROM attempts WHERE event_row = ?1 AND handler = ?2 ORDER BY started_at, rowid",
+                )
+                .bind(summary.row)
+                .bind(&handler)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|a| {
+                    Ok(AttemptDetail {
+                        started_at: from_millis(a.try_get(0)?),
+                        duration_ms: a.try_get(1)?,
+                        error: a.try_get(2)?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()?;
+                jobs.push(JobDetail {
+                    handler,
+                    status: j.try_get(1)?,
+                    attempts: j.try_get::<i64, _>(2)? as u32,
+                    due_at: from_millis(j.try_get(3)?),
+                    last_error: j.try_get(4)?,
+                    history,
+                });
+            }
+            let claims = serde_json::from_str(&claims).unwrap_or(serde_json::Value::String(claims));
+            details.push(EventDetail {
+                summary,
+                claims,
+                jobs,
+            });
+        }
+        Ok(details)
+    }
+
+    async fn replay(&self, target: &ReplayTarget, matcher: Matcher<'_>) -> Result<u64, StoreError> {
+        let (select, arg) = match target {
+            ReplayTarget::Event(id) => (
+                "SELECT id, route, event_type FROM events WHERE event_id = ?1",
+                Some(id.as_str()),
+            ),
+            ReplayTarget::Dead => (
+                "SELECT id, route, event_type FROM events e WHERE ?1 IS NULL AND EXISTS
+                 (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status = 'dead')",
+                None,
+            ),
+            ReplayTarget::Skipped => (
+                "SELECT id, route, event_type FROM events e WHERE ?1 IS NULL AND NOT EXISTS
+                 (SELECT 1 FROM jobs j WHERE j.event_row = e.id)",
+                None,
+            ),
+        };
+        // Only dead jobs are reset by --dead; a named event re-runs all of its handlers.
+        let reset_only_dead = matches!(target, ReplayTarget::Dead);
+        let mut tx = self.pool.begin().await?;
+        let events = sqlx::query(select).bind(arg).fetch_all(&mut *tx).await?;
+        let now = millis(Utc::now());
+        let mut scheduled = 0;
+        for e in events {
+            let (row, route, event_type): (i64, String, String) =
+                (e.try_get(0)?, e.try_get(1)?, e.try_get(2)?);
+            for handler in matcher(&route, &event_type) {
+                let r = sqlx::query(
+                    "INSERT INTO jobs (event_row, handler, status, attempts, due_at, updated_at) VALUES (?1, ?2, 'pending', 0, ?3, ?3)
+                     ON CONFLICT (event_row, handler) DO UPDATE SET status = 'pending', attempts = 0, due_at = ?3,
+                         lease_until = NULL, updated_at = ?3
+                     WHERE jobs.status <> 'in_flight' AND (?4 = 0 OR jobs.status = 'dead')",
+                )
+                .bind(row)
+                .bind(&handler)
+                .bind(now)
+                .bind(reset_only_dead as i64)
+                .execute(&mut *tx)
+                .await?;
+                scheduled += r.rows_affected();
+            }
+        }
+        tx.commit().await?;
+        Ok(scheduled)
+    }
+
+    async fn purge(&self, before: DateTime<Utc>, include_dead: bool) -> Result<u64, StoreError> {
+        let before = millis(before);
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "DELETE FROM events WHERE received_at < ?1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = events.id
+                 AND j.status <> 'done' AND (?2 = 0 OR j.status <> 'dead'))",
+        )
+        .bind(before)
+        .bind(include_dead as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM seen WHERE at < ?1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn seen(&self, route: &str, event_id: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM seen WHERE route = ?1 AND event_id = ?2")
+                .bind(route)
+                .bind(event_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    async fn mark_seen(
+        &self,
+        route: &str,
+        event_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO seen (route, event_id, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        )
+        .bind(route)
+        .bind(event_id)
+        .bind(millis(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<Depth, StoreError> {
+        let mut depth = Depth::default();
+        for row in sqlx::query("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let (status, count): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+            match status.as_str() {
+                "pending" | "failed" => depth.pending += count as u64,
+                "in_flight" => depth.in_flight += count as u64,
+                "dead" => depth.dead += count as u64,
+                _ => {}
+            }
+        }
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(e.received_at) FROM jobs j JOIN events e ON e.id = j.event_row WHERE j.status IN ('pending', 'failed', 'in_flight')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        depth.oldest_pending_secs =
+            oldest.map(|t| (Utc::now() - from_millis(t)).num_milliseconds() as f64 / 1e3);
+        Ok(depth)
+    }
+}

@@ -82,6 +82,12 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    /// Another server process works this SQLite inbox.
+    #[error(
+        "another kinde-webhooks server is using the inbox {0}; an embedded inbox serves one process \
+         (give each server its own [store] path)"
+    )]
+    StoreInUse(String),
 }
 
 impl Webhooks {
@@ -102,6 +108,9 @@ impl Webhooks {
         let path = config.store_path();
         let store = SqliteStore::open(&path, config.store.busy_timeout).await?;
         if config.delivery.mode == DeliveryMode::Inbox {
+            if !store.lock_for_serving()? {
+                return Err(StartError::StoreInUse(path.display().to_string()));
+            }
             let recovered = store.recover_in_flight().await?;
             if recovered > 0 {
                 tracing::info!(

@@ -6,6 +6,7 @@
 //! after the commit that made its own row durable.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -98,6 +99,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     writer: mpsc::Sender<Command>,
     path: PathBuf,
+    /// Held while this process serves from the file (see [`SqliteStore::lock_for_serving`]).
+    lock: Arc<Mutex<Option<std::fs::File>>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -143,10 +146,39 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_loop(writer, rx));
         Ok(SqliteStore {
+            lock: Arc::default(),
             pool,
             writer: tx,
             path: path.to_owned(),
         })
+    }
+
+    /// Take the file's serving lock (`<path>.lock`), held until the process exits. An
+    /// embedded inbox has one process working it: a second server on the same file would
+    /// hand the first one's running jobs out again. `Ok(false)`: another process holds it.
+    pub fn lock_for_serving(&self) -> Result<bool, StoreError> {
+        let mut held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_some() {
+            return Ok(true);
+        }
+        let lock_path = PathBuf::from(format!("{}.lock", self.path.display()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Schema(format!("cannot open {}: {e}", lock_path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {
+                *held = Some(file);
+                Ok(true)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Schema(format!(
+                "cannot lock {}: {e}",
+                lock_path.display()
+            ))),
+        }
     }
 
     /// The database file.

@@ -1,0 +1,290 @@
+//! `inbox list | show | replay | purge`: operate the durable inbox from the shell.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::{SecondsFormat, Utc};
+
+use super::{InboxCommand, build_registry, fail, load_config};
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::handler::{BoxError, State};
+use crate::inbox::store::{EventDetail, EventStatus, ListFilter, ReplayTarget};
+use crate::inbox::{Inbox, SqliteStore, Store};
+use crate::registry::{Pattern, Registry, any_matches};
+
+pub(super) async fn run<F>(config: Option<PathBuf>, command: InboxCommand, init: F) -> ExitCode
+where
+    F: AsyncFn(&Config) -> Result<State, BoxError>,
+{
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e),
+    };
+    let path = config.store_path();
+    if !path.exists() {
+        return fail(
+            1,
+            format!(
+                "no inbox at {}: start the server once, or pass --config",
+                path.display()
+            ),
+        );
+    }
+    let store = match SqliteStore::open(&path, config.store.busy_timeout).await {
+        Ok(s) => s,
+        Err(e) => return fail(1, format!("cannot open the inbox {}: {e}", path.display())),
+    };
+    let result = match command {
+        InboxCommand::List {
+            status,
+            event_type,
+            limit,
+            json,
+        } => {
+            let status = match status
+                .as_deref()
+                .map(|s| EventStatus::parse(s).ok_or(s))
+                .transpose()
+            {
+                Ok(s) => s,
+                Err(bad) => {
+                    return fail(
+                        2,
+                        format!("--status {bad:?}: use pending, failed, dead, done or skipped"),
+                    );
+                }
+            };
+            list(
+                &store,
+                ListFilter {
+                    status,
+                    event_type,
+                    limit,
+                },
+                json,
+            )
+            .await
+        }
+        InboxCommand::Show { event_id, json } => show(&store, &event_id, json).await,
+        InboxCommand::Replay {
+            event_id,
+            dead,
+            skipped,
+            json,
+        } => {
+            let target = match (event_id, dead, skipped) {
+                (Some(id), _, _) => ReplayTarget::Event(id),
+                (None, true, _) => ReplayTarget::Dead,
+                (None, _, _) => ReplayTarget::Skipped,
+            };
+            replay(&config, store, target, json, init).await
+        }
+        InboxCommand::Purge {
+            older_than,
+            dead,
+            json,
+        } => {
+            let age = match humantime::parse_duration(&older_than)
+                .ok()
+                .and_then(|d| chrono::Duration::from_std(d).ok())
+            {
+                Some(a) => a,
+                None => {
+                    return fail(
+                        2,
+                        format!("--older-than {older_than:?}: give a duration like 30d or 12h"),
+                    );
+                }
+            };
+            store
+                .purge(Utc::now() - age, dead)
+                .await
+                .map_err(|e| e.to_string())
+                .map(|n| {
+                    if json {
+                        println!("{}", serde_json::json!({ "purged": n }));
+                    } else {
+                        println!("purged {n} events received more than {older_than} ago");
+                    }
+                })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, e),
+    }
+}
+
+fn time(t: chrono::DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+async fn list(store: &SqliteStore, filter: ListFilter, json: bool) -> Result<(), String> {
+    let events = store.list(&filter).await.map_err(|e| e.to_string())?;
+    if json {
+        for e in &events {
+            println!("{}", serde_json::to_string(e).map_err(|e| e.to_string())?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<20}  {:<7}  {:<28}  {:<38}  {:<20}  WEBHOOK-ID",
+        "RECEIVED", "STATUS", "TYPE", "EVENT-ID", "ROUTE"
+    );
+    for e in &events {
+        println!(
+            "{:<20}  {:<7}  {:<28}  {:<38}  {:<20}  {}",
+            time(e.received_at),
+            e.status.as_str(),
+            e.event_type,
+            e.event_id,
+            e.route,
+            e.webhook_id.as_deref().unwrap_or("-")
+        );
+    }
+    if events.is_empty() {
+        println!("(no events)");
+    }
+    Ok(())
+}
+
+async fn show(store: &SqliteStore, event_id: &str, json: bool) -> Result<(), String> {
+    let details = store.show(event_id).await.map_err(|e| e.to_string())?;
+    if details.is_empty() {
+        return Err(format!("no event {event_id} in the inbox"));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&details).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    for EventDetail {
+        summary: s,
+        claims,
+        jobs,
+    } in &details
+    {
+        println!(
+            "event {} ({}) on {}: {}",
+            s.event_id, s.event_type, s.route, s.status
+        );
+        println!(
+            "  received {}, webhook-id {}",
+            time(s.received_at),
+            s.webhook_id.as_deref().unwrap_or("-")
+        );
+        if jobs.is_empty() {
+            println!("  no handler matched (skipped)");
+        }
+        for j in jobs {
+            println!(
+                "  handler {}: {} after {} attempt(s), due {}",
+                j.handler,
+                j.status,
+                j.attempts,
+                time(j.due_at)
+            );
+            for (n, a) in j.history.iter().enumerate() {
+                let outcome = a.error.as_deref().unwrap_or("ok");
+                println!(
+                    "    #{} {} {:.1} ms: {outcome}",
+                    n + 1,
+                    time(a.started_at),
+                    a.duration_ms
+                );
+            }
+        }
+        let claims = serde_json::to_string_pretty(claims).unwrap_or_default();
+        println!("  payload:\n    {}", claims.replace('\n', "\n    "));
+    }
+    Ok(())
+}
+
+async fn replay<F>(
+    config: &Config,
+    store: SqliteStore,
+    target: ReplayTarget,
+    json: bool,
+    init: F,
+) -> Result<(), String>
+where
+    F: AsyncFn(&Config) -> Result<State, BoxError>,
+{
+    let registry = build_registry()?;
+    let routes: Vec<(String, Vec<Pattern>)> = config
+        .effective_routes()
+        .into_iter()
+        .map(|r| {
+            (
+                r.path,
+                r.patterns
+                    .iter()
+                    .filter_map(|p| Pattern::parse(p).ok())
+                    .collect(),
+            )
+        })
+        .collect();
+    let matcher = |route: &str, event_type: &str| -> Vec<String> {
+        let accepted = routes
+            .iter()
+            .find(|(path, _)| path == route)
+            .is_none_or(|(_, p)| any_matches(p, event_type));
+        if !accepted {
+            return Vec::new();
+        }
+        registry
+            .handlers_for(event_type)
+            .map(|e| e.name.to_string())
+            .collect()
+    };
+    let scheduled = store
+        .replay(&target, &matcher)
+        .await
+        .map_err(|e| e.to_string())?;
+    // A server working this file holds its lock; without one, run the jobs here.
+    let alone = store.lock_for_serving().map_err(|e| e.to_string())?;
+    let ran = if alone && scheduled > 0 {
+        Some(run_here(config, registry, store, init).await?)
+    } else {
+        None
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "scheduled": scheduled, "ran_here": ran })
+        );
+    } else {
+        match ran {
+            Some(n) => {
+                println!("scheduled {scheduled} job(s); no server is running, so ran {n} here")
+            }
+            None if scheduled > 0 => {
+                println!("scheduled {scheduled} job(s); the running server picks them up")
+            }
+            None => println!("nothing to replay"),
+        }
+    }
+    Ok(())
+}
+
+async fn run_here<F>(
+    config: &Config,
+    registry: Registry,
+    store: SqliteStore,
+    init: F,
+) -> Result<usize, String>
+where
+    F: AsyncFn(&Config) -> Result<State, BoxError>,
+{
+    let state = init(config)
+        .await
+        .map_err(|e| format!("the init step failed: {e}"))?;
+    let dispatcher = Dispatcher::new(registry, state, config.handlers.clone())
+        .with_timeout(Some(config.delivery.handler_timeout));
+    let inbox = Inbox::new(Arc::new(store), dispatcher, config.inbox.clone());
+    inbox.run_due().await.map_err(|e| e.to_string())
+}

@@ -1,0 +1,246 @@
+//! The command line of the bundled server: `serve`, `dev`, `send`, `handlers`, `inbox`.
+//!
+//! A binary is one line: `kinde_webhooks::cli::main(my_handlers::init)`, where `init` is
+//! the user's start-up step that builds the application state handlers read.
+//!
+//! Exit codes: 0 success; 1 the work failed (the server stopped on an error, `send` got a
+//! non-2xx answer, the store could not be read); 2 the command line or the configuration
+//! is wrong.
+//!
+//! - `run`: `serve` and `dev`.
+//! - `send`: sign and POST events.
+//! - `inbox`: list, show, replay and purge stored events.
+
+mod inbox;
+mod run;
+mod send;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::handler::{BoxError, State};
+use crate::registry::Registry;
+use crate::signing::SigningKey;
+
+/// Where `dev` keeps its signing key unless told otherwise; git-ignored.
+pub const DEFAULT_DEV_DIR: &str = ".kinde-dev";
+const DEV_KEY_FILE: &str = "signing-key.pem";
+
+/// Receive Kinde webhooks: verify each RS256-signed event and run the handlers registered
+/// for its type.
+#[derive(Debug, Parser)]
+#[command(name = "kinde-webhooks", version, arg_required_else_help = true)]
+pub struct Cli {
+    /// The configuration file [default: ./config.toml if it exists, else built-in defaults].
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the receiver for a real Kinde tenant (set KINDE_ISSUER_URL).
+    Serve,
+    /// Run the receiver with a built-in local issuer: no Kinde account needed. Sends one
+    /// sample event per bundled handler at start-up, then keeps serving.
+    Dev {
+        /// Where the dev signing key is kept (created on first run).
+        #[arg(long, env = "KINDE_WEBHOOKS_DEV_DIR", default_value = DEFAULT_DEV_DIR)]
+        dir: PathBuf,
+        /// Do not send the demo events at start-up.
+        #[arg(long)]
+        no_demo: bool,
+    },
+    /// Sign a Kinde-shaped event with the dev key and POST it to a receiver.
+    Send(SendArgs),
+    /// Print the handler table: pattern -> handler (module).
+    Handlers,
+    /// Inspect and operate the durable inbox: list, show, replay, purge.
+    #[command(subcommand)]
+    Inbox(InboxCommand),
+}
+
+/// The arguments of `send`.
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// The event type, e.g. user.created; every known type has sample data. May be
+    /// omitted when --payload holds a `type`.
+    event_type: Option<String>,
+    /// A JSON file (or - for stdin) holding the whole claims object; `event_id`,
+    /// `timestamp` and `source` are filled in when missing.
+    #[arg(long, value_name = "FILE")]
+    payload: Option<String>,
+    /// Where to POST [default: the first route of the config on its bind address].
+    #[arg(long)]
+    url: Option<String>,
+    /// The webhook-id header [default: a fresh one per event].
+    #[arg(long)]
+    webhook_id: Option<String>,
+    /// The event_id claim [default: the payload's, else a fresh one per event].
+    #[arg(long)]
+    event_id: Option<String>,
+    /// Send this many events (fresh event_id and webhook-id each, unless given).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// How many requests are in flight at once with --repeat.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Print the signed tokens, one per line, instead of sending them (for load tools).
+    #[arg(long)]
+    print: bool,
+    /// Where the dev signing key is kept.
+    #[arg(long, env = "KINDE_WEBHOOKS_DEV_DIR", default_value = DEFAULT_DEV_DIR)]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum InboxCommand {
+    /// Stored events, newest first.
+    List {
+        /// Only events with this status: pending, failed, dead, done or skipped.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only events of this type.
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// JSON lines for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One event: payload, per-handler status, attempts, errors and timings.
+    Show {
+        /// The event_id.
+        event_id: String,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make handlers run again: one event (all handlers that now match), every
+    /// dead-lettered job, or every skipped event. A running server picks them up; without
+    /// one, this command runs them itself.
+    Replay {
+        /// The event_id to replay.
+        #[arg(required_unless_present_any = ["dead", "skipped"], conflicts_with_all = ["dead", "skipped"])]
+        event_id: Option<String>,
+        /// Every dead-lettered (event, handler).
+        #[arg(long, conflicts_with = "skipped")]
+        dead: bool,
+        /// Every event stored as skipped (for handlers added since).
+        #[arg(long)]
+        skipped: bool,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete finished and skipped events received before a given age.
+    Purge {
+        /// The age, like 30d or 12h.
+        #[arg(long, value_name = "DURATION")]
+        older_than: String,
+        /// Dead-lettered events too.
+        #[arg(long)]
+        dead: bool,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parse the command line and run the command. `init` builds the application state once
+/// at start-up (a database pool, an HTTP client) from the loaded configuration.
+pub fn main<F>(init: F) -> ExitCode
+where
+    F: AsyncFn(&Config) -> Result<State, BoxError>,
+{
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+    };
+    let config = cli.config;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => run::serve(config, init).await,
+            Command::Dev { dir, no_demo } => run::dev(config, &dir, !no_demo, init).await,
+            Command::Send(args) => send::send(config, args).await,
+            Command::Handlers => handlers(),
+            Command::Inbox(command) => inbox::run(config, command, init).await,
+        }
+    })
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+/// The explicit path, else `./config.toml` when it exists, else none (defaults).
+fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    explicit.or_else(|| Some(PathBuf::from("config.toml")).filter(|p| p.exists()))
+}
+
+fn load_config(explicit: Option<PathBuf>) -> Result<Config, String> {
+    Config::read(config_path(explicit).as_deref()).map_err(|e| e.to_string())
+}
+
+fn build_registry() -> Result<Registry, String> {
+    Registry::from_inventory().map_err(|e| e.to_string())
+}
+
+/// The dev signing key in `dir`, generated and saved on first use.
+fn dev_key(dir: &Path) -> Result<SigningKey, String> {
+    let path = dir.join(DEV_KEY_FILE);
+    if path.exists() {
+        let pem = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        return SigningKey::from_pem(&pem, None)
+            .map_err(|e| format!("{}: {e}; delete it to make a new one", path.display()));
+    }
+    let key = SigningKey::generate().map_err(|e| e.to_string())?;
+    let pem = key.to_pem().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::write(&path, pem).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(key)
+}
+
+/// `0.0.0.0:3000` is reachable as `127.0.0.1:3000`.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
+fn handlers() -> ExitCode {
+    let registry = match build_registry() {
+        Ok(r) => r,
+        Err(e) => return fail(2, e),
+    };
+    let table = registry.table();
+    let width = table.keys().map(String::len).max().unwrap_or(7).max(7);
+    println!("{:width$}  HANDLER (MODULE)", "PATTERN");
+    for (pattern, names) in table {
+        for name in names {
+            let module = registry
+                .entries()
+                .iter()
+                .find(|e| *e.name == *name)
+                .map(|e| e.module.as_str())
+                .unwrap_or("");
+            println!("{pattern:width$}  {name} ({module})");
+        }
+    }
+    ExitCode::SUCCESS
+}

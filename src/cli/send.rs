@@ -1,0 +1,152 @@
+//! `send`: sign Kinde-shaped events with the dev key and POST them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::{SendArgs, dev_key, fail, load_config, loopback};
+use crate::config::Config;
+use crate::registry::{Pattern, any_matches};
+use crate::samples;
+use crate::server::WEBHOOK_ID_HEADER;
+use crate::signing::{complete_claims, new_webhook_id};
+
+pub(super) async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    webhook_id: &str,
+) -> Result<(u16, String, Duration), String> {
+    let started = Instant::now();
+    let response = client
+        .post(url)
+        .header("content-type", "application/jwt")
+        .header(WEBHOOK_ID_HEADER, webhook_id)
+        .body(token.to_owned())
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    Ok((status, body, started.elapsed()))
+}
+
+fn read_payload(source: &str) -> Result<Value, String> {
+    let text = if source == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}"))?
+    } else {
+        std::fs::read_to_string(source).map_err(|e| format!("cannot read {source}: {e}"))?
+    };
+    let value: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{source} is not JSON: {e}"))?;
+    if !value.is_object() {
+        return Err(format!(
+            "{source} must hold the whole claims object ({{\"type\": ..., \"data\": ...}})"
+        ));
+    }
+    Ok(value)
+}
+
+/// Sign `args.repeat` events and POST them, `args.concurrency` at a time (or print the
+/// tokens with `--print`).
+pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
+    let mut claims = match args.payload.as_deref().map(read_payload).transpose() {
+        Ok(c) => c.unwrap_or_else(|| serde_json::json!({})),
+        Err(e) => return fail(2, e),
+    };
+    if let Some(t) = &args.event_type {
+        claims["type"] = t.clone().into();
+    }
+    let Some(event_type) = claims
+        .get("type")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        return fail(
+            2,
+            "give an event type (e.g. `send user.created`) or a --payload with a \"type\"",
+        );
+    };
+    if claims.get("data").is_none() {
+        claims["data"] = samples::sample_data(&event_type);
+    }
+    if let Some(id) = &args.event_id {
+        claims["event_id"] = id.clone().into();
+    }
+    let key = match dev_key(&args.dir) {
+        Ok(k) => k,
+        Err(e) => return fail(1, e),
+    };
+    let sign = |_| {
+        let claims = complete_claims(claims.clone());
+        let event_id = claims["event_id"].as_str().unwrap_or_default().to_owned();
+        (event_id, key.sign(&claims))
+    };
+    if args.print {
+        for (_, token) in (0..args.repeat).map(sign) {
+            println!("{token}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let url = match args.url.clone() {
+        Some(u) => u,
+        None => match load_config(config) {
+            Ok(c) => default_url(&c, &event_type),
+            Err(e) => return fail(2, e),
+        },
+    };
+    let client = reqwest::Client::new();
+    let deliveries = (0..args.repeat).map(sign).map(|(event_id, token)| {
+        let webhook_id = args.webhook_id.clone().unwrap_or_else(new_webhook_id);
+        let (client, url, event_type) = (&client, &url, &event_type);
+        async move {
+            match post(client, url, &token, &webhook_id).await {
+                Ok((status, body, elapsed)) => {
+                    println!(
+                        "{event_type} {event_id} (webhook-id {webhook_id}) -> {status} in {:.1} ms: {body}",
+                        elapsed.as_secs_f64() * 1e3
+                    );
+                    Ok((200..300).contains(&status))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    });
+    let results: Vec<Result<bool, String>> = futures_util::stream::iter(deliveries)
+        .buffer_unordered(args.concurrency.max(1) as usize)
+        .collect()
+        .await;
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        return fail(1, format!("{e}; is `kinde-webhooks dev` running?"));
+    }
+    if results.iter().all(|r| matches!(r, Ok(true))) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// The first route of `config` that accepts `event_type`, on its bind address.
+fn default_url(config: &Config, event_type: &str) -> String {
+    let routes = config.effective_routes();
+    let route = routes
+        .iter()
+        .find(|r| {
+            let patterns: Vec<Pattern> = r
+                .patterns
+                .iter()
+                .filter_map(|p| Pattern::parse(p).ok())
+                .collect();
+            any_matches(&patterns, event_type)
+        })
+        .unwrap_or(&routes[0]);
+    let addr = config
+        .bind_addr()
+        .map(loopback)
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.server.bind.clone());
+    format!("http://{addr}{}", route.path)
+}

@@ -4,6 +4,7 @@
 mod bad_input;
 mod fixtures;
 mod forged;
+mod inbox;
 mod keys;
 mod registry;
 mod routes;

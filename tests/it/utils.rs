@@ -294,6 +294,33 @@ impl TestServer {
         let registry = registry.build().expect("test registry builds");
         let webhooks =
             Webhooks::new(&config, registry, State::new()).expect("test config is valid");
+        Self::serve(webhooks).await
+    }
+
+    /// Start the receiver as [`Webhooks::open`] does for `config` (inbox mode opens the
+    /// `[store]` file), serving until dropped. Retries while a previous server on the same
+    /// store file is still shutting down.
+    pub(crate) async fn open(config: Config, registry: RegistryBuilder) -> Self {
+        let registry = registry.build().expect("test registry builds");
+        let started = Instant::now();
+        let webhooks = loop {
+            match Webhooks::open(&config, registry.clone(), State::new()).await {
+                Ok(w) => break w,
+                Err(kinde_webhooks::StartError::StoreInUse(_)) if started.elapsed() < DEADLINE => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("test receiver opens: {e}"),
+            }
+        };
+        Self::serve(webhooks).await
+    }
+
+    /// The webhooks served by this server (its store, its keys).
+    pub(crate) fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
+    }
+
+    async fn serve(webhooks: Webhooks) -> Self {
         let (listener, addr) = loopback().await;
         let (shutdown, signal) = Shutdown::new();
         tokio::spawn(kinde_webhooks::run(listener, webhooks.clone(), signal));

@@ -49,7 +49,7 @@ pub use handler::{
     Context, EventHandler, HandlerError, HandlerRegistration, State, Typed, TypedHandler,
 };
 pub use registry::{Pattern, Registry};
-pub use server::{StartError, Webhooks, run};
+pub use server::{Background, StartError, Webhooks, run};
 pub use verify::{Verifier, VerifyError};
 
 #[doc(hidden)]

@@ -253,6 +253,23 @@ impl Webhooks {
         router.layer(DefaultBodyLimit::max(self.shared.body_limit))
     }
 
+    /// Start the background work a serving receiver needs: the JWKS refresher and, in
+    /// inbox mode, the inbox's workers. Call it once when you mount [`Webhooks::router`]
+    /// in your own app; [`run`] does it for the bundled server.
+    pub fn spawn_background(&self) -> Background {
+        let refresher = self.keys().spawn_refresher(self.shared.refresh_interval);
+        let stop = CancellationToken::new();
+        let workers = self.inbox().cloned().map(|inbox| {
+            let stop = stop.clone();
+            tokio::spawn(async move { inbox.run(stop).await })
+        });
+        Background {
+            stop,
+            workers,
+            refresher,
+        }
+    }
+
     /// The webhook routes plus `GET /healthz`.
     pub fn app(&self) -> Router {
         self.router().route("/healthz", get(|| async { "ok" }))
@@ -420,6 +437,26 @@ async fn handle_inline(
     Ok(reply::ok())
 }
 
+/// The receiver's background tasks; stop them with [`Background::shutdown`].
+#[derive(Debug)]
+pub struct Background {
+    stop: CancellationToken,
+    workers: Option<tokio::task::JoinHandle<()>>,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    /// Stop the workers (running handlers finish within `[inbox] shutdown_grace`, the
+    /// rest are handed back to the store) and the key refresher.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        if let Some(workers) = self.workers {
+            let _ = workers.await;
+        }
+        self.refresher.abort();
+    }
+}
+
 /// Serve `webhooks.app()` on `listener` until `shutdown` completes, keeping the key set
 /// fresh and, in inbox mode, running the inbox's workers. The first JWKS fetch happens
 /// after the listener is serving, so a JWKS that is down does not stop the server from
@@ -441,22 +478,11 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     webhooks.log_startup();
-    let refresher = webhooks
-        .keys()
-        .spawn_refresher(webhooks.shared.refresh_interval);
-    let stop = CancellationToken::new();
-    let workers = webhooks.inbox().cloned().map(|inbox| {
-        let stop = stop.clone();
-        tokio::spawn(async move { inbox.run(stop).await })
-    });
+    let background = webhooks.spawn_background();
     let app = webhooks.app().merge(extra);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
-    stop.cancel();
-    if let Some(workers) = workers {
-        let _ = workers.await;
-    }
-    refresher.abort();
+    background.shutdown().await;
     result
 }

@@ -615,6 +615,11 @@ mod tests {
                 "[[routes]]\npath = \"/a\"\n[[routes]]\npath = \"/a\"",
                 "routes[1].path",
             ),
+            ("[kinde]\nmax_event_age = \"40d\"", "inbox.retention"),
+            ("[inbox]\nretention = \"1h\"", "inbox.retention"),
+            ("[inbox]\nlease = \"10s\"", "inbox.lease"),
+            ("[inbox]\nworkers = 0", "inbox.workers"),
+            ("[store]\nbackend = \"mysql\"", "store.backend"),
         ];
         for (text, want) in cases {
             match with_issuer(text).validate() {

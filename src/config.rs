@@ -32,11 +32,59 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[inbox]`: workers, retries, retention.
     pub inbox: InboxConfig,
+    /// `[limits]`: what one request may cost; every limit has a safe default.
+    pub limits: LimitsConfig,
     /// `[handlers.<name>]`: each handler's own settings, read through `Context::settings`.
     pub handlers: HashMap<String, toml::Value>,
     /// The folder of the config file, which relative paths are resolved against.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
+}
+
+/// `[limits]`: bounds on what one request or client may cost the server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// A client must send the whole request head within this; else the connection is closed.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A client must send the whole body within this; else 408.
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// The longest a request may take end to end; else 503 (the sender retries).
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Webhook requests handled at once; more get 503 with `Retry-After` at once.
+    pub max_concurrent_requests: usize,
+    /// Open connections; more wait to be accepted.
+    pub max_connections: usize,
+    /// Longest token accepted (after trimming whitespace), in bytes; longer gets 413.
+    pub max_token_bytes: usize,
+    /// Largest decoded payload (the claims JSON), in bytes; larger gets 413.
+    pub max_payload_bytes: usize,
+    /// Deepest JSON nesting accepted in the token header and payload; deeper gets 400.
+    pub max_json_depth: usize,
+    /// Longest `kid` accepted, in bytes; longer gets 401 without a JWKS fetch.
+    pub max_kid_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_concurrent_requests: 512,
+            max_connections: 2048,
+            max_token_bytes: 64 * 1024,
+            max_payload_bytes: 48 * 1024,
+            max_json_depth: 32,
+            max_kid_bytes: 256,
+        }
+    }
 }
 
 /// When handlers run relative to the reply.
@@ -440,6 +488,7 @@ impl Config {
             ));
         }
         self.validate_delivery()?;
+        self.validate_limits()?;
         let routes = self.effective_routes();
         for (i, route) in routes.iter().enumerate() {
             let key = format!("routes[{i}]");
@@ -477,6 +526,56 @@ impl Config {
 }
 
 impl Config {
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_header_bytes < 8192 {
+            return Err(invalid("limits.max_header_bytes", "must be at least 8192 (default 16384)"));
+        }
+        for (key, value) in [
+            ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.body_read_timeout", l.body_read_timeout),
+            ("limits.request_timeout", l.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be more than 0"));
+            }
+        }
+        if self.delivery.mode == DeliveryMode::Inline && l.request_timeout <= self.delivery.handler_timeout {
+            return Err(invalid(
+                "limits.request_timeout",
+                "must exceed delivery.handler_timeout in inline mode, so a slow handler is reported as a handler failure",
+            ));
+        }
+        if l.max_concurrent_requests == 0 || l.max_connections == 0 {
+            return Err(invalid("limits.max_concurrent_requests", "and max_connections must be at least 1"));
+        }
+        if l.max_token_bytes < 1024 || l.max_payload_bytes < 1024 {
+            return Err(invalid("limits.max_token_bytes", "and max_payload_bytes must be at least 1024; Kinde tokens are 1 to 4 KiB"));
+        }
+        if l.max_json_depth < 4 || l.max_json_depth > 128 {
+            return Err(invalid("limits.max_json_depth", "must be 4 to 128 (default 32); Kinde payloads nest 5 deep"));
+        }
+        if l.max_kid_bytes < 16 {
+            return Err(invalid("limits.max_kid_bytes", "must be at least 16 (default 256); Kinde kids are 47 bytes"));
+        }
+        Ok(())
+    }
+
+    /// Settings that work but are risky, for start-up to log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(age) = self.kinde.max_event_age
+            && age < Duration::from_secs(36 * 3600)
+        {
+            warnings.push(format!(
+                "kinde.max_event_age = {:?} is shorter than Kinde's 36 h of retries: a delivery that fails for longer \
+                 is refused (400) when Kinde retries it; dedup, not the age window, is the defence against replays",
+                humantime::format_duration(age).to_string()
+            ));
+        }
+        warnings
+    }
+
     fn validate_delivery(&self) -> Result<(), ConfigError> {
         let d = &self.delivery;
         if d.handler_timeout.is_zero() {

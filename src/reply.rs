@@ -4,7 +4,8 @@
 //! internal error text is logged, never sent.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -26,6 +27,15 @@ pub enum Rejection {
     /// At least one handler failed; Kinde will retry.
     #[error("a handler failed")]
     HandlerFailed,
+    /// The client did not send the whole body within `[limits] body_read_timeout`.
+    #[error("the body was not received in time")]
+    BodyTimeout,
+    /// The request took longer than `[limits] request_timeout`.
+    #[error("the request took longer than the request timeout")]
+    RequestTimeout,
+    /// `[limits] max_concurrent_requests` are in progress already.
+    #[error("too many requests in progress")]
+    Overloaded,
     /// The inbox could not store the event durably; Kinde will retry.
     #[error("the event could not be stored: {0}")]
     StoreUnavailable(String),
@@ -36,14 +46,18 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         use VerifyError as V;
         match self {
-            Rejection::Verify(V::Malformed | V::MalformedHeader | V::InvalidPayload(_))
+            Rejection::Verify(V::Malformed | V::MalformedHeader | V::InvalidPayload(_) | V::TooDeep)
             | Rejection::Verify(V::EventTooOld | V::EventInFuture)
             | Rejection::UnreadableBody => StatusCode::BAD_REQUEST,
             Rejection::Verify(V::KeysUnavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Verify(V::TokenTooLarge | V::PayloadTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::Verify(_) => StatusCode::UNAUTHORIZED,
             Rejection::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::HandlerFailed => StatusCode::INTERNAL_SERVER_ERROR,
-            Rejection::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::StoreUnavailable(_) | Rejection::RequestTimeout | Rejection::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -66,18 +80,29 @@ impl Rejection {
                 V::InvalidPayload(_) => "invalid_payload",
                 V::EventTooOld => "event_too_old",
                 V::EventInFuture => "event_in_future",
+                V::TokenTooLarge => "token_too_large",
+                V::PayloadTooLarge => "payload_too_large",
+                V::TooDeep => "payload_too_deep",
+                V::KidTooLong => "invalid_kid",
             },
             Rejection::PayloadTooLarge => "payload_too_large",
             Rejection::UnreadableBody => "unreadable_body",
             Rejection::HandlerFailed => "handler_failed",
             Rejection::StoreUnavailable(_) => "store_unavailable",
+            Rejection::BodyTimeout => "body_timeout",
+            Rejection::RequestTimeout => "request_timeout",
+            Rejection::Overloaded => "overloaded",
         }
     }
 }
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        (self.status(), Json(json!({ "error": self.reason() }))).into_response()
+        let mut response = (self.status(), Json(json!({ "error": self.reason() }))).into_response();
+        if matches!(self, Rejection::Overloaded) {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -78,6 +78,66 @@ pub enum VerifyError {
     /// The payload `timestamp` is too far in the future.
     #[error("event timestamp is in the future")]
     EventInFuture,
+    /// The token is longer than [`TokenLimits::max_token_bytes`].
+    #[error("token is longer than the limit")]
+    TokenTooLarge,
+    /// The decoded payload is larger than [`TokenLimits::max_payload_bytes`].
+    #[error("decoded payload is larger than the limit")]
+    PayloadTooLarge,
+    /// The header or payload JSON nests deeper than [`TokenLimits::max_json_depth`].
+    #[error("JSON nests deeper than the limit")]
+    TooDeep,
+    /// The `kid` is longer than [`TokenLimits::max_kid_bytes`]: no key has such a kid.
+    #[error("kid is longer than the limit")]
+    KidTooLong,
+}
+
+/// What one token may cost to parse; see `[limits]` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// Longest token, in bytes.
+    pub max_token_bytes: usize,
+    /// Largest decoded payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Deepest JSON nesting in header and payload.
+    pub max_json_depth: usize,
+    /// Longest `kid`, in bytes.
+    pub max_kid_bytes: usize,
+}
+
+impl Default for TokenLimits {
+    fn default() -> Self {
+        Self { max_token_bytes: 64 * 1024, max_payload_bytes: 48 * 1024, max_json_depth: 32, max_kid_bytes: 256 }
+    }
+}
+
+/// Whether `json` nests arrays and objects deeper than `max` (strings are skipped), so a
+/// hostile document is refused before a recursive parser walks it.
+pub fn too_deep(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The JOSE header fields that matter here; everything else is ignored, and nothing in it
@@ -94,17 +154,26 @@ struct Header {
 /// A token split and its header read; neither signature nor claims checked yet.
 #[derive(Debug)]
 pub struct UnverifiedToken<'a> {
+    limits: TokenLimits,
     kid: String,
     signing_input: &'a str,
     payload: &'a str,
     signature: &'a str,
 }
 
-/// Split a compact JWT and check its header: three base64url segments, a JSON-object
-/// header, `alg` exactly `RS256`, no `crit`, a string `kid`. Surrounding ASCII whitespace
-/// is tolerated.
+/// [`parse_with`] under the default [`TokenLimits`].
 pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, VerifyError> {
+    parse_with(token, TokenLimits::default())
+}
+
+/// Split a compact JWT and check its header: three base64url segments, a JSON-object
+/// header, `alg` exactly `RS256`, no `crit`, a string `kid`, all within `limits`.
+/// Surrounding ASCII whitespace is tolerated.
+pub fn parse_with(token: &str, limits: TokenLimits) -> Result<UnverifiedToken<'_>, VerifyError> {
     let token = token.trim_ascii();
+    if token.len() > limits.max_token_bytes {
+        return Err(VerifyError::TokenTooLarge);
+    }
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -120,6 +189,9 @@ pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, VerifyError> {
     }
     let header_bytes = B64.decode(header).map_err(|_| VerifyError::Malformed)?;
     let header_len = header.len();
+    if too_deep(&header_bytes, limits.max_json_depth) {
+        return Err(VerifyError::TooDeep);
+    }
     let header: Header =
         serde_json::from_slice(&header_bytes).map_err(|_| VerifyError::MalformedHeader)?;
     match header.alg {
@@ -131,11 +203,13 @@ pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, VerifyError> {
         return Err(VerifyError::CriticalHeader);
     }
     let kid = match header.kid {
+        Some(Value::String(kid)) if kid.len() > limits.max_kid_bytes => return Err(VerifyError::KidTooLong),
         Some(Value::String(kid)) if !kid.is_empty() => kid,
         _ => return Err(VerifyError::MissingKid),
     };
     let signing_input = &token[..header_len + 1 + payload.len()];
     Ok(UnverifiedToken {
+        limits,
         kid,
         signing_input,
         payload,
@@ -192,9 +266,16 @@ impl UnverifiedToken<'_> {
         now: DateTime<Utc>,
         max_event_age: Option<Duration>,
     ) -> Result<Event, VerifyError> {
+        // base64 holds 3 bytes in 4 characters: refuse before decoding anything large.
+        if self.payload.len() / 4 * 3 > self.limits.max_payload_bytes {
+            return Err(VerifyError::PayloadTooLarge);
+        }
         let bytes = B64
             .decode(self.payload)
             .map_err(|_| VerifyError::Malformed)?;
+        if too_deep(&bytes, self.limits.max_json_depth) {
+            return Err(VerifyError::TooDeep);
+        }
         let json = String::from_utf8(bytes)
             .map_err(|_| VerifyError::InvalidPayload("not UTF-8".into()))?;
         let (event, exp, nbf) = read_claims(json, now)?;
@@ -261,6 +342,7 @@ pub(crate) fn read_claims(
 pub struct Verifier {
     keys: KeyStore,
     max_event_age: Option<Duration>,
+    limits: TokenLimits,
 }
 
 impl Verifier {
@@ -269,7 +351,14 @@ impl Verifier {
         Self {
             keys,
             max_event_age,
+            limits: TokenLimits::default(),
         }
+    }
+
+    /// Parse tokens under `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: TokenLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The key store behind this verifier.
@@ -280,7 +369,7 @@ impl Verifier {
     /// Verify a token and return its event. The delivery facts other than `received_at`
     /// are left for the caller to fill in.
     pub async fn verify(&self, token: &str) -> Result<Event, VerifyError> {
-        let token = parse(token)?;
+        let token = parse_with(token, self.limits)?;
         let key = self.keys.key_for(token.kid()).await?;
         token.check_signature(&key)?;
         token.into_event(Utc::now(), self.max_event_age)
@@ -415,6 +504,33 @@ mod tests {
             let r = parse(&k.sign(&bad)).unwrap().into_event(Utc::now(), None);
             assert!(matches!(r, Err(VerifyError::InvalidPayload(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn limits_refuse_before_any_key_is_looked_up() {
+        let (k, _) = key();
+        let tight = TokenLimits { max_token_bytes: 1024, max_payload_bytes: 1024, max_json_depth: 8, max_kid_bytes: 64 };
+        let mut big = claims();
+        big["data"]["blob"] = json!("x".repeat(2000));
+        assert!(matches!(parse_with(&k.sign(&big), tight), Err(VerifyError::TokenTooLarge)));
+        let loose = TokenLimits { max_token_bytes: 1 << 20, ..tight };
+        let t = k.sign(&big);
+        assert!(matches!(parse_with(&t, loose).unwrap().into_event(Utc::now(), None), Err(VerifyError::PayloadTooLarge)));
+        let mut deep = claims();
+        deep["data"]["nest"] = serde_json::from_str(&format!("{}{}", "[".repeat(20), "]".repeat(20))).unwrap();
+        let t = k.sign(&deep);
+        assert!(matches!(parse_with(&t, tight).unwrap().into_event(Utc::now(), None), Err(VerifyError::TooDeep)));
+        let header = json!({"alg": "RS256", "kid": "k".repeat(100)});
+        assert!(matches!(parse_with(&k.sign_with_header(&header, &claims()), tight), Err(VerifyError::KidTooLong)));
+        let header = json!({"alg": "RS256", "kid": "k", "x": [[[[[[[[[[[]]]]]]]]]]]});
+        assert!(matches!(parse_with(&k.sign_with_header(&header, &claims()), tight), Err(VerifyError::TooDeep)));
+    }
+
+    #[test]
+    fn depth_scan_skips_strings() {
+        assert!(!too_deep(br#"{"a":"[[[[[[[[[[[[[[[[[[[[\"["}"#, 2));
+        assert!(too_deep(b"[[[1]]]", 2));
+        assert!(!too_deep(b"[[1],[2],[3]]", 2));
     }
 
     #[test]

@@ -8,29 +8,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::HeaderMap;
 use axum::routing::{get, post};
-use chrono::Utc;
-use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-use tracing::field::{Empty, display};
 
-use crate::config::{Config, ConfigError, DeliveryMode, InlineDedup};
+use crate::config::{Config, ConfigError, DeliveryMode, InlineDedup, LimitsConfig};
 use crate::dedup::MemoryDedup;
 use crate::dispatch::Dispatcher;
-use crate::event::Event;
 use crate::handler::State;
-use crate::inbox::store::NewEvent;
-use crate::inbox::{Enqueued, Inbox, SqliteStore, Store, StoreError};
+use crate::inbox::{Inbox, SqliteStore, Store, StoreError};
 use crate::jwks::KeyStore;
-use crate::registry::{Pattern, Registry, any_matches};
-use crate::reply::{self, Rejection};
-use crate::verify::Verifier;
+use crate::registry::{Pattern, Registry};
+use crate::verify::{TokenLimits, Verifier};
+
+mod listen;
+mod receive;
+
+pub use listen::{run, run_with};
+use receive::receive;
 
 /// The header Kinde sets to the same value on every retry of one delivery.
 pub const WEBHOOK_ID_HEADER: &str = "webhook-id";
@@ -48,6 +46,9 @@ struct Shared {
     delivery: Delivery,
     routes: Vec<Route>,
     body_limit: usize,
+    limits: LimitsConfig,
+    /// One permit per webhook request being handled: `[limits] max_concurrent_requests`.
+    in_flight: Arc<Semaphore>,
     refresh_interval: Duration,
 }
 
@@ -189,11 +190,18 @@ impl Webhooks {
             .collect();
         Ok(Self {
             shared: Arc::new(Shared {
-                verifier: Verifier::new(keys, config.kinde.max_event_age),
+                verifier: Verifier::new(keys, config.kinde.max_event_age).with_limits(TokenLimits {
+                    max_token_bytes: config.limits.max_token_bytes,
+                    max_payload_bytes: config.limits.max_payload_bytes,
+                    max_json_depth: config.limits.max_json_depth,
+                    max_kid_bytes: config.limits.max_kid_bytes,
+                }),
                 dispatcher,
                 delivery,
                 routes,
                 body_limit: config.server.body_limit,
+                limits: config.limits.clone(),
+                in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
                 refresh_interval: config.kinde.jwks_refresh_interval,
             }),
         })
@@ -243,14 +251,13 @@ impl Webhooks {
             let path = shared.routes[index].path.clone();
             router = router.route(
                 &path,
-                post(
-                    move |headers: HeaderMap, body: Result<Bytes, BytesRejection>| async move {
-                        receive(&shared, &shared.routes[index], &headers, body).await
-                    },
-                ),
+                post(move |headers: HeaderMap, body: Body| async move {
+                    receive(&shared, &shared.routes[index], &headers, body).await
+                }),
             );
         }
-        router.layer(DefaultBodyLimit::max(self.shared.body_limit))
+        // The body is read (with its own limit and deadline) in `receive`.
+        router.layer(DefaultBodyLimit::disable())
     }
 
     /// Start the background work a serving receiver needs: the JWKS refresher and, in
@@ -276,167 +283,6 @@ impl Webhooks {
     }
 }
 
-/// One delivery: read, verify, route, then store or dispatch, and answer.
-async fn receive(
-    shared: &Shared,
-    route: &Route,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let span = tracing::info_span!("webhook", route = %route.path, event_id = Empty, event_type = Empty, webhook_id = Empty);
-    match handle(shared, route, headers, body)
-        .instrument(span.clone())
-        .await
-    {
-        Ok(response) => response,
-        Err(rejection) => {
-            let _enter = span.enter();
-            let status = rejection.status();
-            let reason = rejection.reason();
-            if status.is_server_error() {
-                tracing::warn!(status = status.as_u16(), reason, error = %rejection, "webhook not acknowledged");
-            } else {
-                tracing::info!(status = status.as_u16(), reason, error = %rejection, "webhook refused");
-            }
-            axum::response::IntoResponse::into_response(rejection)
-        }
-    }
-}
-
-async fn handle(
-    shared: &Shared,
-    route: &Route,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, Rejection> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Rejection::PayloadTooLarge
-        } else {
-            Rejection::UnreadableBody
-        }
-    })?;
-    let token = std::str::from_utf8(&body).map_err(|_| Rejection::UnreadableBody)?;
-    let mut event = shared.verifier.verify(token).await?;
-    event.delivery.webhook_id = headers
-        .get(WEBHOOK_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    event.delivery.route = route.path.clone();
-    event.delivery.received_at = Utc::now();
-
-    let span = tracing::Span::current();
-    span.record("event_id", display(&event.event_id));
-    span.record("event_type", display(&event.event_type));
-    if let Some(id) = &event.delivery.webhook_id {
-        span.record("webhook_id", display(id));
-    }
-
-    let routed = any_matches(&route.patterns, &event.event_type);
-    match &shared.delivery {
-        Delivery::Inbox(inbox) => store_event(shared, inbox, event, routed).await,
-        Delivery::Inline(dedup) => {
-            if !routed {
-                tracing::info!(
-                    "event type not accepted on this route; acknowledged, not dispatched"
-                );
-                return Ok(reply::ok());
-            }
-            handle_inline(shared, dedup, &event).await
-        }
-    }
-}
-
-/// Inbox mode: commit the event (with one job per matching handler) before the 200.
-async fn store_event(
-    shared: &Shared,
-    inbox: &Inbox,
-    event: Event,
-    routed: bool,
-) -> Result<Response, Rejection> {
-    let handlers = if routed {
-        shared
-            .dispatcher
-            .registry()
-            .handlers_for(&event.event_type)
-            .map(|e| e.name.clone())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let skipped = handlers.is_empty();
-    let new = NewEvent {
-        route: event.delivery.route,
-        event_id: event.event_id,
-        webhook_id: event.delivery.webhook_id,
-        event_type: event.event_type,
-        claims: event.claims,
-        received_at: event.delivery.received_at,
-        handlers,
-    };
-    match inbox.store().enqueue(new).await {
-        Ok(Enqueued::Stored) => {
-            if skipped {
-                tracing::info!(routed, "no handler for this event; stored as skipped");
-            } else {
-                inbox.wake();
-                tracing::info!("event stored");
-            }
-            Ok(reply::ok())
-        }
-        Ok(Enqueued::Duplicate) => {
-            tracing::info!("duplicate delivery; already stored");
-            Ok(reply::ok())
-        }
-        Err(e) => Err(Rejection::StoreUnavailable(e.to_string())),
-    }
-}
-
-/// Inline mode: run the handlers before the reply; remember the key only once all succeeded.
-async fn handle_inline(
-    shared: &Shared,
-    dedup: &Dedup,
-    event: &Event,
-) -> Result<Response, Rejection> {
-    let (route, id) = (event.delivery.route.as_str(), event.event_id.as_str());
-    let seen = match dedup {
-        Dedup::Off => false,
-        Dedup::Memory(set) => set.seen(route, id),
-        Dedup::Store(store) => store.seen(route, id).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "dedup lookup failed; handling the event");
-            false
-        }),
-    };
-    if seen {
-        tracing::info!("duplicate delivery; handlers not run again");
-        return Ok(reply::ok());
-    }
-    let report = shared.dispatcher.dispatch(event).await;
-    if report.unhandled() {
-        tracing::info!("no handler for this event type; acknowledged");
-    } else if report.all_ok() {
-        tracing::info!(handlers = report.outcomes.len(), "event handled");
-    } else {
-        let failed = report.outcomes.iter().filter(|o| o.result.is_err()).count();
-        tracing::warn!(
-            handlers = report.outcomes.len(),
-            failed,
-            "event not handled; Kinde will retry"
-        );
-        return Err(Rejection::HandlerFailed);
-    }
-    match dedup {
-        Dedup::Off => {}
-        Dedup::Memory(set) => set.record(route, id),
-        Dedup::Store(store) => {
-            if let Err(e) = store.mark_seen(route, id, event.delivery.received_at).await {
-                tracing::warn!(error = %e, "could not record the event as handled; a redelivery would run it again");
-            }
-        }
-    }
-    Ok(reply::ok())
-}
-
 /// The receiver's background tasks; stop them with [`Background::shutdown`].
 #[derive(Debug)]
 pub struct Background {
@@ -457,32 +303,3 @@ impl Background {
     }
 }
 
-/// Serve `webhooks.app()` on `listener` until `shutdown` completes, keeping the key set
-/// fresh and, in inbox mode, running the inbox's workers. The first JWKS fetch happens
-/// after the listener is serving, so a JWKS that is down does not stop the server from
-/// starting (it answers 503 until keys arrive). On shutdown: stop accepting, finish the
-/// requests in progress, then let the workers finish or release their jobs.
-pub async fn run(
-    listener: TcpListener,
-    webhooks: Webhooks,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    run_with(listener, webhooks, Router::new(), shutdown).await
-}
-
-/// [`run`], with `extra` routes merged into the app (the `dev` server's JWKS).
-pub async fn run_with(
-    listener: TcpListener,
-    webhooks: Webhooks,
-    extra: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    webhooks.log_startup();
-    let background = webhooks.spawn_background();
-    let app = webhooks.app().merge(extra);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    background.shutdown().await;
-    result
-}

@@ -1,0 +1,107 @@
+//! Serving: the accept loop, with the connection-level limits `axum::serve` does not expose
+//! (request-head size and read deadline, connection count).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+use super::Webhooks;
+use crate::config::LimitsConfig;
+
+/// After shutdown is asked, how long requests in progress may take to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a failed `accept` (out of file descriptors, say), wait this long before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serve `webhooks.app()` on `listener` until `shutdown` completes, keeping the key set
+/// fresh and, in inbox mode, running the inbox's workers. The first JWKS fetch happens
+/// after the listener is serving, so a JWKS that is down does not stop the server from
+/// starting (it answers 503 until keys arrive). On shutdown: stop accepting, finish the
+/// requests in progress, then let the workers finish or release their jobs.
+pub async fn run(
+    listener: TcpListener,
+    webhooks: Webhooks,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    run_with(listener, webhooks, Router::new(), shutdown).await
+}
+
+/// [`run`], with `extra` routes merged into the app (the `dev` server's JWKS).
+pub async fn run_with(
+    listener: TcpListener,
+    webhooks: Webhooks,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    webhooks.log_startup();
+    let background = webhooks.spawn_background();
+    let app = webhooks.app().merge(extra);
+    serve(listener, app, &webhooks.shared.limits, shutdown).await;
+    background.shutdown().await;
+    Ok(())
+}
+
+/// The accept loop: HTTP/1.1 and HTTP/2, each connection under the head limits, at most
+/// `max_connections` at once (further clients wait in the listen backlog).
+async fn serve(listener: TcpListener, app: Router, limits: &LimitsConfig, shutdown: impl Future<Output = ()>) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let service = app.map_request(|req: Request<Incoming>| req.map(Body::new));
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing"),
+    }
+}

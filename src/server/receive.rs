@@ -1,0 +1,159 @@
+//! One delivery: read the body, verify, route, then store or dispatch, and answer.
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use http_body_util::LengthLimitError;
+use tracing::Instrument;
+use tracing::field::{Empty, display};
+
+use super::{Dedup, Delivery, Route, Shared, WEBHOOK_ID_HEADER};
+use crate::event::Event;
+use crate::inbox::Inbox;
+use crate::inbox::store::{Enqueued, NewEvent};
+use crate::registry::any_matches;
+use crate::reply::{self, Rejection};
+
+/// Answer one webhook request; every refusal is logged here with its reason label.
+pub(super) async fn receive(shared: &Shared, route: &Route, headers: &HeaderMap, body: Body) -> Response {
+    let span = tracing::info_span!("webhook", route = %route.path, event_id = Empty, event_type = Empty, webhook_id = Empty);
+    let outcome = async {
+        // Shed load at once rather than queue: Kinde retries, a queue would only grow.
+        let Ok(_permit) = shared.in_flight.clone().try_acquire_owned() else {
+            return Err(Rejection::Overloaded);
+        };
+        tokio::time::timeout(shared.limits.request_timeout, handle(shared, route, headers, body))
+            .await
+            .unwrap_or(Err(Rejection::RequestTimeout))
+    }
+    .instrument(span.clone())
+    .await;
+    match outcome {
+        Ok(response) => response,
+        Err(rejection) => {
+            let _enter = span.enter();
+            let status = rejection.status();
+            let reason = rejection.reason();
+            if status.is_server_error() {
+                tracing::warn!(status = status.as_u16(), reason, error = %rejection, "webhook not acknowledged");
+            } else {
+                tracing::info!(status = status.as_u16(), reason, error = %rejection, "webhook refused");
+            }
+            rejection.into_response()
+        }
+    }
+}
+
+/// Read the whole body within the body deadline and the size limit.
+async fn read_body(shared: &Shared, body: Body) -> Result<axum::body::Bytes, Rejection> {
+    match tokio::time::timeout(shared.limits.body_read_timeout, axum::body::to_bytes(body, shared.body_limit)).await {
+        Err(_) => Err(Rejection::BodyTimeout),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<LengthLimitError>())
+                || e.to_string().contains("length limit");
+            Err(if too_large { Rejection::PayloadTooLarge } else { Rejection::UnreadableBody })
+        }
+    }
+}
+
+async fn handle(shared: &Shared, route: &Route, headers: &HeaderMap, body: Body) -> Result<Response, Rejection> {
+    let body = read_body(shared, body).await?;
+    let token = std::str::from_utf8(&body).map_err(|_| Rejection::UnreadableBody)?;
+    let mut event = shared.verifier.verify(token).await?;
+    event.delivery.webhook_id = headers.get(WEBHOOK_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    event.delivery.route = route.path.clone();
+    event.delivery.received_at = Utc::now();
+
+    let span = tracing::Span::current();
+    span.record("event_id", display(&event.event_id));
+    span.record("event_type", display(&event.event_type));
+    if let Some(id) = &event.delivery.webhook_id {
+        span.record("webhook_id", display(id));
+    }
+
+    let routed = any_matches(&route.patterns, &event.event_type);
+    match &shared.delivery {
+        Delivery::Inbox(inbox) => store_event(shared, inbox, event, routed).await,
+        Delivery::Inline(dedup) => {
+            if !routed {
+                tracing::info!("event type not accepted on this route; acknowledged, not dispatched");
+                return Ok(reply::ok());
+            }
+            handle_inline(shared, dedup, &event).await
+        }
+    }
+}
+
+/// Inbox mode: commit the event (with one job per matching handler) before the 200.
+async fn store_event(shared: &Shared, inbox: &Inbox, event: Event, routed: bool) -> Result<Response, Rejection> {
+    let handlers = if routed {
+        shared.dispatcher.registry().handlers_for(&event.event_type).map(|e| e.name.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    let skipped = handlers.is_empty();
+    let new = NewEvent {
+        route: event.delivery.route,
+        event_id: event.event_id,
+        webhook_id: event.delivery.webhook_id,
+        event_type: event.event_type,
+        claims: event.claims,
+        received_at: event.delivery.received_at,
+        handlers,
+    };
+    match inbox.store().enqueue(new).await {
+        Ok(Enqueued::Stored) => {
+            if skipped {
+                tracing::info!(routed, "no handler for this event; stored as skipped");
+            } else {
+                inbox.wake();
+                tracing::info!("event stored");
+            }
+            Ok(reply::ok())
+        }
+        Ok(Enqueued::Duplicate) => {
+            tracing::info!("duplicate delivery; already stored");
+            Ok(reply::ok())
+        }
+        Err(e) => Err(Rejection::StoreUnavailable(e.to_string())),
+    }
+}
+
+/// Inline mode: run the handlers before the reply; remember the key only once all succeeded.
+async fn handle_inline(shared: &Shared, dedup: &Dedup, event: &Event) -> Result<Response, Rejection> {
+    let (route, id) = (event.delivery.route.as_str(), event.event_id.as_str());
+    let seen = match dedup {
+        Dedup::Off => false,
+        Dedup::Memory(set) => set.seen(route, id),
+        Dedup::Store(store) => store.seen(route, id).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "dedup lookup failed; handling the event");
+            false
+        }),
+    };
+    if seen {
+        tracing::info!("duplicate delivery; handlers not run again");
+        return Ok(reply::ok());
+    }
+    let report = shared.dispatcher.dispatch(event).await;
+    if report.unhandled() {
+        tracing::info!("no handler for this event type; acknowledged");
+    } else if report.all_ok() {
+        tracing::info!(handlers = report.outcomes.len(), "event handled");
+    } else {
+        let failed = report.outcomes.iter().filter(|o| o.result.is_err()).count();
+        tracing::warn!(handlers = report.outcomes.len(), failed, "event not handled; Kinde will retry");
+        return Err(Rejection::HandlerFailed);
+    }
+    match dedup {
+        Dedup::Off => {}
+        Dedup::Memory(set) => set.record(route, id),
+        Dedup::Store(store) => {
+            if let Err(e) = store.mark_seen(route, id, event.delivery.received_at).await {
+                tracing::warn!(error = %e, "could not record the event as handled; a redelivery would run it again");
+            }
+        }
+    }
+    Ok(reply::ok())
+}

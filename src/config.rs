@@ -529,7 +529,10 @@ impl Config {
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         if l.max_header_bytes < 8192 {
-            return Err(invalid("limits.max_header_bytes", "must be at least 8192 (default 16384)"));
+            return Err(invalid(
+                "limits.max_header_bytes",
+                "must be at least 8192 (default 16384)",
+            ));
         }
         for (key, value) in [
             ("limits.header_read_timeout", l.header_read_timeout),
@@ -540,23 +543,37 @@ impl Config {
                 return Err(invalid(key, "must be more than 0"));
             }
         }
-        if self.delivery.mode == DeliveryMode::Inline && l.request_timeout <= self.delivery.handler_timeout {
+        if self.delivery.mode == DeliveryMode::Inline
+            && l.request_timeout <= self.delivery.handler_timeout
+        {
             return Err(invalid(
                 "limits.request_timeout",
                 "must exceed delivery.handler_timeout in inline mode, so a slow handler is reported as a handler failure",
             ));
         }
         if l.max_concurrent_requests == 0 || l.max_connections == 0 {
-            return Err(invalid("limits.max_concurrent_requests", "and max_connections must be at least 1"));
+            return Err(invalid(
+                "limits.max_concurrent_requests",
+                "and max_connections must be at least 1",
+            ));
         }
         if l.max_token_bytes < 1024 || l.max_payload_bytes < 1024 {
-            return Err(invalid("limits.max_token_bytes", "and max_payload_bytes must be at least 1024; Kinde tokens are 1 to 4 KiB"));
+            return Err(invalid(
+                "limits.max_token_bytes",
+                "and max_payload_bytes must be at least 1024; Kinde tokens are 1 to 4 KiB",
+            ));
         }
         if l.max_json_depth < 4 || l.max_json_depth > 128 {
-            return Err(invalid("limits.max_json_depth", "must be 4 to 128 (default 32); Kinde payloads nest 5 deep"));
+            return Err(invalid(
+                "limits.max_json_depth",
+                "must be 4 to 128 (default 32); Kinde payloads nest 5 deep",
+            ));
         }
         if l.max_kid_bytes < 16 {
-            return Err(invalid("limits.max_kid_bytes", "must be at least 16 (default 256); Kinde kids are 47 bytes"));
+            return Err(invalid(
+                "limits.max_kid_bytes",
+                "must be at least 16 (default 256); Kinde kids are 47 bytes",
+            ));
         }
         Ok(())
     }

@@ -25,6 +25,11 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// The smallest RSA modulus accepted.
 pub const MIN_RSA_BITS: usize = 2048;
+/// The longest a request waits for a JWKS fetch another request started; a hanging JWKS
+/// must not hold every unknown-kid request for the whole fetch timeout.
+pub const FETCH_WAIT: Duration = Duration::from_secs(2);
+/// The shortest refresh interval a JWKS's `Cache-Control: max-age` can ask for.
+pub const MIN_REFRESH: Duration = Duration::from_secs(60);
 /// The first retry delay while no key set has been loaded yet.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
@@ -71,13 +76,12 @@ struct KeySet {
     keys: HashMap<String, Arc<DecodingKey>>,
 }
 
-/// What the last fetch attempt did, for the cooldown and the 503-or-401 decision.
+/// When unknown kids last caused a fetch, for the cooldown.
 #[derive(Debug, Default)]
 struct FetchState {
     /// When an unknown `kid` last caused a fetch: the cooldown counts from here, so
     /// start-up and periodic refreshes do not delay picking up a rotated key.
     last_kid_fetch: Option<Instant>,
-    last_ok: bool,
 }
 
 struct Inner {
@@ -90,6 +94,8 @@ struct Inner {
     generation: AtomicU64,
     fetch: tokio::sync::Mutex<FetchState>,
     fetches: AtomicU64,
+    /// The last JWKS response's `Cache-Control: max-age`, which paces the refresher.
+    max_age: std::sync::Mutex<Option<Duration>>,
 }
 
 /// Cached signing keys of one issuer. Cheap to clone; clones share the cache.
@@ -165,13 +171,32 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, DecodingKey>, String> {
     Ok(keys)
 }
 
+/// `max-age` from a `Cache-Control` value; `no-cache`/`no-store` count as 0.
+pub fn cache_max_age(value: &str) -> Option<Duration> {
+    let mut age = None;
+    for directive in value.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-cache" || lower == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(n) = lower.strip_prefix("max-age=") {
+            age = n
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    age
+}
+
 impl KeyStore {
     /// A store for the JWKS at `url`, holding no keys until the first fetch.
     pub fn new(url: impl Into<String>, cooldown: Duration) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         Self {
@@ -183,6 +208,7 @@ impl KeyStore {
                 generation: AtomicU64::new(0),
                 fetch: tokio::sync::Mutex::new(FetchState::default()),
                 fetches: AtomicU64::new(0),
+                max_age: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -221,8 +247,9 @@ impl KeyStore {
     }
 
     /// The key for `kid`. A miss triggers at most one refresh, shared by concurrent misses
-    /// and spaced by the cooldown. A miss with no usable key set (the JWKS is unreachable)
-    /// is [`VerifyError::KeysUnavailable`], so the sender retries; otherwise
+    /// (each waits at most [`FETCH_WAIT`] for it) and spaced by the cooldown. A miss while
+    /// no key is held at all (the JWKS has been unreachable) is
+    /// [`VerifyError::KeysUnavailable`], so the sender retries; otherwise
     /// [`VerifyError::UnknownKey`].
     pub async fn key_for(&self, kid: &str) -> Result<Arc<DecodingKey>, VerifyError> {
         // Read the generation before the map: a fetch finishing in between is then seen.
@@ -230,7 +257,18 @@ impl KeyStore {
         if let Some(key) = self.lookup(kid) {
             return Ok(key);
         }
-        let mut state = self.inner.fetch.lock().await;
+        let refused = |store: &KeyStore| {
+            // With keys held, an unknown kid is a forgery or a key we may not know yet: 401
+            // (Kinde retries either way). Only with no key at all is it the JWKS's fault: 503.
+            if store.has_keys() {
+                VerifyError::UnknownKey(kid.chars().take(64).collect())
+            } else {
+                VerifyError::KeysUnavailable("no signing key could be fetched yet".into())
+            }
+        };
+        let Ok(mut state) = tokio::time::timeout(FETCH_WAIT, self.inner.fetch.lock()).await else {
+            return Err(refused(self));
+        };
         if let Some(key) = self.lookup(kid) {
             return Ok(key);
         }
@@ -239,20 +277,17 @@ impl KeyStore {
             .last_kid_fetch
             .is_some_and(|t| t.elapsed() < self.inner.cooldown);
         if !fetched_since && !cooling {
-            state.last_kid_fetch = Some(Instant::now());
             if let Err(e) = self.fetch_locked(&mut state).await {
                 tracing::warn!(error = %e, "JWKS refresh for an unknown kid failed; keeping the keys held");
             }
+            // The cooldown counts from the end of the fetch, so a slow JWKS cannot be kept
+            // busy back to back.
+            state.last_kid_fetch = Some(Instant::now());
             if let Some(key) = self.lookup(kid) {
                 return Ok(key);
             }
         }
-        if !state.last_ok || !self.has_keys() {
-            return Err(VerifyError::KeysUnavailable(
-                "the last JWKS fetch failed".into(),
-            ));
-        }
-        Err(VerifyError::UnknownKey(kid.to_owned()))
+        Err(refused(self))
     }
 
     /// Fetch the key set now, whatever the cooldown (start-up and the periodic refresh).
@@ -261,12 +296,13 @@ impl KeyStore {
         self.fetch_locked(&mut state).await
     }
 
-    async fn fetch_locked(&self, state: &mut FetchState) -> Result<usize, JwksError> {
+    /// Fetch and swap in the key set; `_locked` proves the caller holds the fetch lock.
+    async fn fetch_locked(&self, _locked: &mut FetchState) -> Result<usize, JwksError> {
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
         let result = self.download().await;
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        state.last_ok = result.is_ok();
-        let keys = result?;
+        let (keys, max_age) = result?;
+        *self.inner.max_age.lock().unwrap_or_else(|e| e.into_inner()) = max_age;
         let count = keys.len();
         let set = KeySet {
             keys: keys.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
@@ -276,7 +312,9 @@ impl KeyStore {
         Ok(count)
     }
 
-    async fn download(&self) -> Result<HashMap<String, DecodingKey>, JwksError> {
+    async fn download(
+        &self,
+    ) -> Result<(HashMap<String, DecodingKey>, Option<Duration>), JwksError> {
         let url = &self.inner.url;
         let request = |source| JwksError::Request {
             url: url.clone(),
@@ -289,6 +327,11 @@ impl KeyStore {
                 status: response.status().as_u16(),
             });
         }
+        let max_age = response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(cache_max_age);
         if response
             .content_length()
             .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
@@ -309,7 +352,16 @@ impl KeyStore {
         if keys.is_empty() {
             return Err(JwksError::NoUsableKeys(url.clone()));
         }
-        Ok(keys)
+        Ok((keys, max_age))
+    }
+
+    /// When to refresh next: the JWKS's `max-age` within [`MIN_REFRESH`, `interval`], else
+    /// `interval`.
+    fn refresh_after(&self, interval: Duration) -> Duration {
+        let max_age = *self.inner.max_age.lock().unwrap_or_else(|e| e.into_inner());
+        max_age.map_or(interval, |age| {
+            age.clamp(MIN_REFRESH.min(interval), interval)
+        })
     }
 
     /// Keep the key set fresh in the background: fetch now, retry with backoff (up to the
@@ -322,7 +374,7 @@ impl KeyStore {
                 let wait = match store.refresh().await {
                     Ok(_) => {
                         retry = FIRST_RETRY;
-                        interval
+                        store.refresh_after(interval)
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?retry, "JWKS fetch failed; keeping the keys held");
@@ -367,6 +419,17 @@ mod tests {
         let mut kids: Vec<_> = keys.keys().cloned().collect();
         kids.sort();
         assert_eq!(kids, vec![good.kid().to_owned(), "no-use".to_owned()]);
+    }
+
+    #[test]
+    fn cache_control_max_age() {
+        assert_eq!(
+            cache_max_age("public, max-age=3600"),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(cache_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(cache_max_age("public"), None);
+        assert_eq!(cache_max_age("max-age=abc"), None);
     }
 
     #[test]

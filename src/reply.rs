@@ -46,11 +46,15 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         use VerifyError as V;
         match self {
-            Rejection::Verify(V::Malformed | V::MalformedHeader | V::InvalidPayload(_) | V::TooDeep)
+            Rejection::Verify(
+                V::Malformed | V::MalformedHeader | V::InvalidPayload(_) | V::TooDeep,
+            )
             | Rejection::Verify(V::EventTooOld | V::EventInFuture)
             | Rejection::UnreadableBody => StatusCode::BAD_REQUEST,
             Rejection::Verify(V::KeysUnavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Rejection::Verify(V::TokenTooLarge | V::PayloadTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::Verify(V::TokenTooLarge | V::PayloadTooLarge) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Rejection::Verify(_) => StatusCode::UNAUTHORIZED,
             Rejection::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::HandlerFailed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -100,7 +104,9 @@ impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(json!({ "error": self.reason() }))).into_response();
         if matches!(self, Rejection::Overloaded) {
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

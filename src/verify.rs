@@ -107,7 +107,12 @@ pub struct TokenLimits {
 
 impl Default for TokenLimits {
     fn default() -> Self {
-        Self { max_token_bytes: 64 * 1024, max_payload_bytes: 48 * 1024, max_json_depth: 32, max_kid_bytes: 256 }
+        Self {
+            max_token_bytes: 64 * 1024,
+            max_payload_bytes: 48 * 1024,
+            max_json_depth: 32,
+            max_kid_bytes: 256,
+        }
     }
 }
 
@@ -147,8 +152,13 @@ struct Header {
     alg: Value,
     #[serde(default)]
     kid: Option<Value>,
-    #[serde(default)]
+    /// Present at all (even `null`) means the sender requires extensions we do not know.
+    #[serde(default, deserialize_with = "present")]
     crit: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// A token split and its header read; neither signature nor claims checked yet.
@@ -192,18 +202,28 @@ pub fn parse_with(token: &str, limits: TokenLimits) -> Result<UnverifiedToken<'_
     if too_deep(&header_bytes, limits.max_json_depth) {
         return Err(VerifyError::TooDeep);
     }
+    // A struct also deserializes from a JSON array: insist on an object.
+    if header_bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(VerifyError::MalformedHeader);
+    }
     let header: Header =
         serde_json::from_slice(&header_bytes).map_err(|_| VerifyError::MalformedHeader)?;
     match header.alg {
         Value::String(alg) if alg == "RS256" => {}
-        Value::String(alg) => return Err(VerifyError::UnsupportedAlgorithm(alg)),
-        _ => return Err(VerifyError::MalformedHeader),
+        // Anything else, a string in another case or not a string at all, is refused;
+        // the message keeps a short prefix only, since the value is the sender's.
+        other => {
+            let shown: String = other.to_string().chars().take(32).collect();
+            return Err(VerifyError::UnsupportedAlgorithm(shown));
+        }
     }
     if header.crit.is_some() {
         return Err(VerifyError::CriticalHeader);
     }
     let kid = match header.kid {
-        Some(Value::String(kid)) if kid.len() > limits.max_kid_bytes => return Err(VerifyError::KidTooLong),
+        Some(Value::String(kid)) if kid.len() > limits.max_kid_bytes => {
+            return Err(VerifyError::KidTooLong);
+        }
         Some(Value::String(kid)) if !kid.is_empty() => kid,
         _ => return Err(VerifyError::MissingKid),
     };
@@ -313,6 +333,10 @@ pub(crate) fn read_claims(
     json: String,
     received_at: DateTime<Utc>,
 ) -> Result<(Event, Option<Value>, Option<Value>), VerifyError> {
+    // A struct also deserializes from a JSON array: insist on an object.
+    if json.trim_ascii_start().as_bytes().first() != Some(&b'{') {
+        return Err(VerifyError::InvalidPayload("not a JSON object".into()));
+    }
     let claims: Claims =
         serde_json::from_str(&json).map_err(|e| VerifyError::InvalidPayload(e.to_string()))?;
     if claims.event_type.is_empty() || claims.event_id.is_empty() {
@@ -425,7 +449,15 @@ mod tests {
 
     #[test]
     fn only_rs256_in_exact_case() {
-        for alg in ["none", "HS256", "rs256", "RS512", "PS256"] {
+        for alg in [
+            json!("none"),
+            json!("HS256"),
+            json!("rs256"),
+            json!("RS512"),
+            json!("PS256"),
+            json!(256),
+            json!(["RS256"]),
+        ] {
             let t = format!(
                 "{}.{}.",
                 b64(&json!({"alg": alg, "kid": "k"})),
@@ -442,12 +474,14 @@ mod tests {
     fn missing_kid_and_crit() {
         let t = format!("{}.{}.x", b64(&json!({"alg": "RS256"})), b64(&claims()));
         assert!(matches!(parse(&t), Err(VerifyError::MissingKid)));
-        let t = format!(
-            "{}.{}.x",
-            b64(&json!({"alg": "RS256", "kid": "k", "crit": ["b64"]})),
-            b64(&claims())
-        );
-        assert!(matches!(parse(&t), Err(VerifyError::CriticalHeader)));
+        for crit in [json!(["b64"]), json!([]), json!(null)] {
+            let header = json!({"alg": "RS256", "kid": "k", "crit": crit});
+            let t = format!("{}.{}.x", b64(&header), b64(&claims()));
+            assert!(
+                matches!(parse(&t), Err(VerifyError::CriticalHeader)),
+                "{crit}"
+            );
+        }
     }
 
     #[test]
@@ -497,6 +531,8 @@ mod tests {
         let (k, _) = key();
         for bad in [
             json!([1]),
+            // The envelope's fields in order, as an array: serde would take it for the struct.
+            json!(["user.created", "event_1", "2024-05-01T00:00:00Z", "admin", {}, null, null, null, null]),
             json!({"type": "", "event_id": "e", "timestamp": "2024-05-01T00:00:00Z"}),
             json!({"type": 5, "event_id": "e", "timestamp": "2024-05-01T00:00:00Z"}),
             json!({"type": "user.created", "timestamp": "2024-05-01T00:00:00Z"}),
@@ -509,21 +545,45 @@ mod tests {
     #[test]
     fn limits_refuse_before_any_key_is_looked_up() {
         let (k, _) = key();
-        let tight = TokenLimits { max_token_bytes: 1024, max_payload_bytes: 1024, max_json_depth: 8, max_kid_bytes: 64 };
+        let tight = TokenLimits {
+            max_token_bytes: 1024,
+            max_payload_bytes: 1024,
+            max_json_depth: 8,
+            max_kid_bytes: 64,
+        };
         let mut big = claims();
         big["data"]["blob"] = json!("x".repeat(2000));
-        assert!(matches!(parse_with(&k.sign(&big), tight), Err(VerifyError::TokenTooLarge)));
-        let loose = TokenLimits { max_token_bytes: 1 << 20, ..tight };
+        assert!(matches!(
+            parse_with(&k.sign(&big), tight),
+            Err(VerifyError::TokenTooLarge)
+        ));
+        let loose = TokenLimits {
+            max_token_bytes: 1 << 20,
+            ..tight
+        };
         let t = k.sign(&big);
-        assert!(matches!(parse_with(&t, loose).unwrap().into_event(Utc::now(), None), Err(VerifyError::PayloadTooLarge)));
+        assert!(matches!(
+            parse_with(&t, loose).unwrap().into_event(Utc::now(), None),
+            Err(VerifyError::PayloadTooLarge)
+        ));
         let mut deep = claims();
-        deep["data"]["nest"] = serde_json::from_str(&format!("{}{}", "[".repeat(20), "]".repeat(20))).unwrap();
+        deep["data"]["nest"] =
+            serde_json::from_str(&format!("{}{}", "[".repeat(20), "]".repeat(20))).unwrap();
         let t = k.sign(&deep);
-        assert!(matches!(parse_with(&t, tight).unwrap().into_event(Utc::now(), None), Err(VerifyError::TooDeep)));
+        assert!(matches!(
+            parse_with(&t, tight).unwrap().into_event(Utc::now(), None),
+            Err(VerifyError::TooDeep)
+        ));
         let header = json!({"alg": "RS256", "kid": "k".repeat(100)});
-        assert!(matches!(parse_with(&k.sign_with_header(&header, &claims()), tight), Err(VerifyError::KidTooLong)));
+        assert!(matches!(
+            parse_with(&k.sign_with_header(&header, &claims()), tight),
+            Err(VerifyError::KidTooLong)
+        ));
         let header = json!({"alg": "RS256", "kid": "k", "x": [[[[[[[[[[[]]]]]]]]]]]});
-        assert!(matches!(parse_with(&k.sign_with_header(&header, &claims()), tight), Err(VerifyError::TooDeep)));
+        assert!(matches!(
+            parse_with(&k.sign_with_header(&header, &claims()), tight),
+            Err(VerifyError::TooDeep)
+        ));
     }
 
     #[test]

@@ -55,7 +55,12 @@ pub async fn run_with(
 
 /// The accept loop: HTTP/1.1 and HTTP/2, each connection under the head limits, at most
 /// `max_connections` at once (further clients wait in the listen backlog).
-async fn serve(listener: TcpListener, app: Router, limits: &LimitsConfig, shutdown: impl Future<Output = ()>) {
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: &LimitsConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -90,7 +95,10 @@ async fn serve(listener: TcpListener, app: Router, limits: &LimitsConfig, shutdo
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service.clone()),
+        );
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -3,7 +3,6 @@
 //! Mount [`Webhooks::router`] in your own axum app (outside any auth layer: Kinde cannot
 //! authenticate), or let [`run`] serve [`Webhooks::app`] on a listener.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,12 +189,14 @@ impl Webhooks {
             .collect();
         Ok(Self {
             shared: Arc::new(Shared {
-                verifier: Verifier::new(keys, config.kinde.max_event_age).with_limits(TokenLimits {
-                    max_token_bytes: config.limits.max_token_bytes,
-                    max_payload_bytes: config.limits.max_payload_bytes,
-                    max_json_depth: config.limits.max_json_depth,
-                    max_kid_bytes: config.limits.max_kid_bytes,
-                }),
+                verifier: Verifier::new(keys, config.kinde.max_event_age).with_limits(
+                    TokenLimits {
+                        max_token_bytes: config.limits.max_token_bytes,
+                        max_payload_bytes: config.limits.max_payload_bytes,
+                        max_json_depth: config.limits.max_json_depth,
+                        max_kid_bytes: config.limits.max_kid_bytes,
+                    },
+                ),
                 dispatcher,
                 delivery,
                 routes,
@@ -302,4 +303,3 @@ impl Background {
         self.refresher.abort();
     }
 }
-

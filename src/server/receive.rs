@@ -16,16 +16,24 @@ use crate::registry::any_matches;
 use crate::reply::{self, Rejection};
 
 /// Answer one webhook request; every refusal is logged here with its reason label.
-pub(super) async fn receive(shared: &Shared, route: &Route, headers: &HeaderMap, body: Body) -> Response {
+pub(super) async fn receive(
+    shared: &Shared,
+    route: &Route,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let span = tracing::info_span!("webhook", route = %route.path, event_id = Empty, event_type = Empty, webhook_id = Empty);
     let outcome = async {
         // Shed load at once rather than queue: Kinde retries, a queue would only grow.
         let Ok(_permit) = shared.in_flight.clone().try_acquire_owned() else {
             return Err(Rejection::Overloaded);
         };
-        tokio::time::timeout(shared.limits.request_timeout, handle(shared, route, headers, body))
-            .await
-            .unwrap_or(Err(Rejection::RequestTimeout))
+        tokio::time::timeout(
+            shared.limits.request_timeout,
+            handle(shared, route, headers, body),
+        )
+        .await
+        .unwrap_or(Err(Rejection::RequestTimeout))
     }
     .instrument(span.clone())
     .await;
@@ -47,22 +55,40 @@ pub(super) async fn receive(shared: &Shared, route: &Route, headers: &HeaderMap,
 
 /// Read the whole body within the body deadline and the size limit.
 async fn read_body(shared: &Shared, body: Body) -> Result<axum::body::Bytes, Rejection> {
-    match tokio::time::timeout(shared.limits.body_read_timeout, axum::body::to_bytes(body, shared.body_limit)).await {
+    match tokio::time::timeout(
+        shared.limits.body_read_timeout,
+        axum::body::to_bytes(body, shared.body_limit),
+    )
+    .await
+    {
         Err(_) => Err(Rejection::BodyTimeout),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<LengthLimitError>())
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<LengthLimitError>())
                 || e.to_string().contains("length limit");
-            Err(if too_large { Rejection::PayloadTooLarge } else { Rejection::UnreadableBody })
+            Err(if too_large {
+                Rejection::PayloadTooLarge
+            } else {
+                Rejection::UnreadableBody
+            })
         }
     }
 }
 
-async fn handle(shared: &Shared, route: &Route, headers: &HeaderMap, body: Body) -> Result<Response, Rejection> {
+async fn handle(
+    shared: &Shared,
+    route: &Route,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Rejection> {
     let body = read_body(shared, body).await?;
     let token = std::str::from_utf8(&body).map_err(|_| Rejection::UnreadableBody)?;
     let mut event = shared.verifier.verify(token).await?;
-    event.delivery.webhook_id = headers.get(WEBHOOK_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    event.delivery.webhook_id = headers
+        .get(WEBHOOK_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     event.delivery.route = route.path.clone();
     event.delivery.received_at = Utc::now();
 
@@ -78,7 +104,9 @@ async fn handle(shared: &Shared, route: &Route, headers: &HeaderMap, body: Body)
         Delivery::Inbox(inbox) => store_event(shared, inbox, event, routed).await,
         Delivery::Inline(dedup) => {
             if !routed {
-                tracing::info!("event type not accepted on this route; acknowledged, not dispatched");
+                tracing::info!(
+                    "event type not accepted on this route; acknowledged, not dispatched"
+                );
                 return Ok(reply::ok());
             }
             handle_inline(shared, dedup, &event).await
@@ -87,9 +115,19 @@ async fn handle(shared: &Shared, route: &Route, headers: &HeaderMap, body: Body)
 }
 
 /// Inbox mode: commit the event (with one job per matching handler) before the 200.
-async fn store_event(shared: &Shared, inbox: &Inbox, event: Event, routed: bool) -> Result<Response, Rejection> {
+async fn store_event(
+    shared: &Shared,
+    inbox: &Inbox,
+    event: Event,
+    routed: bool,
+) -> Result<Response, Rejection> {
     let handlers = if routed {
-        shared.dispatcher.registry().handlers_for(&event.event_type).map(|e| e.name.clone()).collect()
+        shared
+            .dispatcher
+            .registry()
+            .handlers_for(&event.event_type)
+            .map(|e| e.name.clone())
+            .collect()
     } else {
         Vec::new()
     };
@@ -122,7 +160,11 @@ async fn store_event(shared: &Shared, inbox: &Inbox, event: Event, routed: bool)
 }
 
 /// Inline mode: run the handlers before the reply; remember the key only once all succeeded.
-async fn handle_inline(shared: &Shared, dedup: &Dedup, event: &Event) -> Result<Response, Rejection> {
+async fn handle_inline(
+    shared: &Shared,
+    dedup: &Dedup,
+    event: &Event,
+) -> Result<Response, Rejection> {
     let (route, id) = (event.delivery.route.as_str(), event.event_id.as_str());
     let seen = match dedup {
         Dedup::Off => false,
@@ -143,7 +185,11 @@ async fn handle_inline(shared: &Shared, dedup: &Dedup, event: &Event) -> Result<
         tracing::info!(handlers = report.outcomes.len(), "event handled");
     } else {
         let failed = report.outcomes.iter().filter(|o| o.result.is_err()).count();
-        tracing::warn!(handlers = report.outcomes.len(), failed, "event not handled; Kinde will retry");
+        tracing::warn!(
+            handlers = report.outcomes.len(),
+            failed,
+            "event not handled; Kinde will retry"
+        );
         return Err(Rejection::HandlerFailed);
     }
     match dedup {

@@ -532,7 +532,17 @@ mod tests {
         for bad in [
             json!([1]),
             // The envelope's fields in order, as an array: serde would take it for the struct.
-            json!(["user.created", "event_1", "2024-05-01T00:00:00Z", "admin", {}, null, null, null, null]),
+            json!([
+                "user.created",
+                "event_1",
+                "2024-05-01T00:00:00Z",
+                "admin",
+                {},
+                null,
+                null,
+                null,
+                null
+            ]),
             json!({"type": "", "event_id": "e", "timestamp": "2024-05-01T00:00:00Z"}),
             json!({"type": 5, "event_id": "e", "timestamp": "2024-05-01T00:00:00Z"}),
             json!({"type": "user.created", "timestamp": "2024-05-01T00:00:00Z"}),

@@ -710,8 +710,6 @@ async fn inbox_commands_over_a_real_store() {
 /// `inbox replay <id>` with no server running runs the handler in this process: its log
 /// line (with the event_id) must show in the command's output, as it would in the server's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug in src/cli/inbox.rs: `inbox` installs no tracing subscriber, so handlers run \
-            by `inbox replay` log nothing"]
 async fn inbox_replay_without_a_server_shows_the_handler_log() {
     let fx = Fixture::new(8).await;
     let mut server = fx.serve();

@@ -13,6 +13,7 @@ use crate::handler::{BoxError, State};
 use crate::inbox::store::{EventDetail, EventStatus, ListFilter, ReplayTarget};
 use crate::inbox::{Inbox, SqliteStore, Store};
 use crate::registry::{Pattern, Registry, any_matches};
+use crate::telemetry::{self, Output};
 
 pub(super) async fn run<F>(config: Option<PathBuf>, command: InboxCommand, init: F) -> ExitCode
 where
@@ -22,6 +23,8 @@ where
         Ok(c) => c,
         Err(e) => return fail(2, e),
     };
+    // stdout carries the result (tables, --json); logs go to stderr.
+    telemetry::init(&config.log, Output::Stderr);
     let path = config.store_path();
     if !path.exists() {
         return fail(
@@ -117,6 +120,13 @@ where
     }
 }
 
+/// Stored strings come from signed payloads; keep control characters off the terminal.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 fn time(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -138,10 +148,10 @@ async fn list(store: &SqliteStore, filter: ListFilter, json: bool) -> Result<(),
             "{:<20}  {:<7}  {:<28}  {:<38}  {:<20}  {}",
             time(e.received_at),
             e.status.as_str(),
-            e.event_type,
-            e.event_id,
-            e.route,
-            e.webhook_id.as_deref().unwrap_or("-")
+            clean(&e.event_type),
+            clean(&e.event_id),
+            clean(&e.route),
+            clean(e.webhook_id.as_deref().unwrap_or("-"))
         );
     }
     if events.is_empty() {
@@ -170,12 +180,15 @@ async fn show(store: &SqliteStore, event_id: &str, json: bool) -> Result<(), Str
     {
         println!(
             "event {} ({}) on {}: {}",
-            s.event_id, s.event_type, s.route, s.status
+            clean(&s.event_id),
+            clean(&s.event_type),
+            clean(&s.route),
+            s.status
         );
         println!(
             "  received {}, webhook-id {}",
             time(s.received_at),
-            s.webhook_id.as_deref().unwrap_or("-")
+            clean(s.webhook_id.as_deref().unwrap_or("-"))
         );
         if jobs.is_empty() {
             println!("  no handler matched (skipped)");
@@ -189,7 +202,7 @@ async fn show(store: &SqliteStore, event_id: &str, json: bool) -> Result<(), Str
                 time(j.due_at)
             );
             for (n, a) in j.history.iter().enumerate() {
-                let outcome = a.error.as_deref().unwrap_or("ok");
+                let outcome = clean(a.error.as_deref().unwrap_or("ok"));
                 println!(
                     "    #{} {} {:.1} ms: {outcome}",
                     n + 1,

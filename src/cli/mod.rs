@@ -210,7 +210,16 @@ fn dev_key(dir: &Path) -> Result<SigningKey, String> {
     let key = SigningKey::generate().map_err(|e| e.to_string())?;
     let pem = key.to_pem().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::write(&path, pem).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    // The private key: readable by its owner only.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut file, pem.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(key)
 }
 

@@ -14,9 +14,9 @@ use crate::config::Config;
 use crate::handler::{BoxError, State};
 use crate::registry::{Pattern, Registry, any_matches};
 use crate::samples;
-use crate::server::{Webhooks, run_with};
+use crate::server::{StartError, Webhooks, run_with};
 use crate::signing::new_webhook_id;
-use crate::telemetry;
+use crate::telemetry::{self, Output};
 
 async fn bind(addr: &str) -> Result<tokio::net::TcpListener, String> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -53,7 +53,10 @@ where
         Ok(c) => c,
         Err(e) => return fail(2, e),
     };
-    telemetry::init(&config.log);
+    telemetry::init(&config.log, Output::Stdout);
+    for warning in config.warnings() {
+        tracing::warn!("config: {warning}");
+    }
     let registry = match build_registry() {
         Ok(r) => r,
         Err(e) => return fail(2, e),
@@ -64,7 +67,8 @@ where
     };
     let webhooks = match Webhooks::open(&config, registry, state).await {
         Ok(w) => w,
-        Err(e) => return fail(2, e),
+        Err(e @ StartError::Config(_)) => return fail(2, e),
+        Err(e) => return fail(1, e),
     };
     let listener = match bind(&config.server.bind).await {
         Ok(l) => l,
@@ -87,7 +91,10 @@ where
         Ok(c) => c,
         Err(e) => return fail(2, e),
     };
-    telemetry::init(&config.log);
+    telemetry::init(&config.log, Output::Stdout);
+    for warning in config.warnings() {
+        tracing::warn!("config: {warning}");
+    }
     let key = match dev_key(dir) {
         Ok(k) => k,
         Err(e) => return fail(1, e),
@@ -116,7 +123,8 @@ where
     };
     let webhooks = match Webhooks::open(&config, registry, state).await {
         Ok(w) => w,
-        Err(e) => return fail(2, e),
+        Err(e @ StartError::Config(_)) => return fail(2, e),
+        Err(e) => return fail(1, e),
     };
     println!("kinde-webhooks dev listening on {base}");
     println!(

@@ -26,7 +26,8 @@ const MAX_BATCH: usize = 512;
 const QUEUE: usize = 4096;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     route       TEXT NOT NULL,
@@ -65,7 +66,17 @@ CREATE TABLE seen (
     at       INTEGER NOT NULL,
     PRIMARY KEY (route, event_id)
 );
-"#];
+"#,
+    // 2: jobs that still have to run are waiting (`pending`, `failed`) or running (`in_flight`,
+    // whose `due_at` becomes its lease expiry); a partial index covers exactly these, so
+    // claiming stays cheap however many finished jobs the file keeps.
+    r#"
+DROP INDEX jobs_due;
+UPDATE jobs SET due_at = lease_until WHERE status = 'in_flight' AND lease_until IS NOT NULL;
+CREATE INDEX jobs_active ON jobs (due_at) WHERE status IN ('pending', 'failed', 'in_flight');
+CREATE INDEX jobs_status ON jobs (status);
+"#,
+];
 
 /// The derived event status, as SQL over `e.id`.
 const STATUS_SQL: &str = "CASE
@@ -137,6 +148,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(busy_timeout);
+        restrict_permissions(path)?;
         let mut writer = options.connect().await?;
         migrate(&mut writer).await?;
         let pool = SqlitePoolOptions::new()
@@ -207,6 +219,26 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Create the database file readable by its owner only: it holds every event's payload
+/// (emails, names). SQLite gives its `-wal` and `-shm` files the same mode.
+fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Schema(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -336,10 +368,9 @@ async fn claim(
     let now = millis(Utc::now());
     let until = now + lease.as_millis() as i64;
     let rows = sqlx::query(
-        "UPDATE jobs SET status = 'in_flight', lease_until = ?2, updated_at = ?1
+        "UPDATE jobs SET status = 'in_flight', due_at = ?2, lease_until = ?2, updated_at = ?1
          WHERE rowid IN (
-             SELECT rowid FROM jobs
-             WHERE (status IN ('pending', 'failed') AND due_at <= ?1) OR (status = 'in_flight' AND lease_until <= ?1)
+             SELECT rowid FROM jobs WHERE status IN ('pending', 'failed', 'in_flight') AND due_at <= ?1
              ORDER BY due_at LIMIT ?3)
          RETURNING event_row, handler, attempts",
     )
@@ -451,8 +482,7 @@ impl Store for SqliteStore {
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(CASE WHEN status = 'in_flight' THEN lease_until ELSE due_at END) FROM jobs
-             WHERE status IN ('pending', 'failed', 'in_flight')",
+            "SELECT MIN(due_at) FROM jobs WHERE status IN ('pending', 'failed', 'in_flight')",
         )
         .fetch_one(&self.pool)
         .await?;

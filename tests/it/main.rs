@@ -4,6 +4,7 @@
 mod bad_input;
 mod fixtures;
 mod forged;
+mod hostile;
 mod inbox;
 mod keys;
 mod registry;

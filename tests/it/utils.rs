@@ -342,6 +342,11 @@ impl TestServer {
         Self::start(jwks.config(""), registry).await
     }
 
+    /// The loopback address it listens on, for tests that speak raw TCP.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `http://127.0.0.1:PORT<path>`.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

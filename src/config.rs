@@ -34,11 +34,32 @@ pub struct Config {
     pub inbox: InboxConfig,
     /// `[limits]`: what one request may cost; every limit has a safe default.
     pub limits: LimitsConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// `[handlers.<name>]`: each handler's own settings, read through `Context::settings`.
     pub handlers: HashMap<String, toml::Value>,
     /// The folder of the config file, which relative paths are resolved against.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` (Prometheus text format).
+    pub enabled: bool,
+    /// Serve it on this address instead of the main one (keep it off the public port).
+    pub bind: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: None,
+        }
+    }
 }
 
 /// `[limits]`: bounds on what one request or client may cost the server.
@@ -489,6 +510,14 @@ impl Config {
         }
         self.validate_delivery()?;
         self.validate_limits()?;
+        if let Some(bind) = &self.metrics.bind
+            && bind.parse::<SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics.bind",
+                format!("{bind:?} is not an address like \"127.0.0.1:9000\""),
+            ));
+        }
         let routes = self.effective_routes();
         for (i, route) in routes.iter().enumerate() {
             let key = format!("routes[{i}]");

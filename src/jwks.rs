@@ -74,6 +74,8 @@ pub enum JwksError {
 #[derive(Clone, Default)]
 struct KeySet {
     keys: HashMap<String, Arc<DecodingKey>>,
+    /// When this set was fetched; `None` before the first load.
+    loaded_at: Option<Instant>,
 }
 
 /// When unknown kids last caused a fetch, for the cooldown.
@@ -223,6 +225,12 @@ impl KeyStore {
         self.inner.fetches.load(Ordering::Relaxed)
     }
 
+    /// How long ago the key set was loaded, and how many keys it holds.
+    pub fn age_and_count(&self) -> (Option<Duration>, usize) {
+        let set = self.read();
+        (set.loaded_at.map(|t| t.elapsed()), set.keys.len())
+    }
+
     /// Whether any signing key is held.
     pub fn has_keys(&self) -> bool {
         !self.read().keys.is_empty()
@@ -301,11 +309,13 @@ impl KeyStore {
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
         let result = self.download().await;
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        crate::metrics::jwks_fetch(result.is_ok());
         let (keys, max_age) = result?;
         *self.inner.max_age.lock().unwrap_or_else(|e| e.into_inner()) = max_age;
         let count = keys.len();
         let set = KeySet {
             keys: keys.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            loaded_at: Some(Instant::now()),
         };
         *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         tracing::info!(url = %self.inner.url, keys = count, "JWKS loaded");

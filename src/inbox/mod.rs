@@ -188,7 +188,7 @@ impl Inbox {
                 event.delivery.route = job.route;
                 event.delivery.webhook_id = job.webhook_id;
                 let span = tracing::info_span!("inbox", handler = %job.key.handler, event_id = %event.event_id,
-                    event_type = %event.event_type, attempt = job.attempts + 1);
+                    event_type = %event.event_type, webhook_id = event.delivery.webhook_id.as_deref().unwrap_or(""), attempt = job.attempts + 1);
                 match self
                     .dispatcher
                     .run_named(&job.key.handler, &event)

@@ -675,4 +675,11 @@ impl Store for SqliteStore {
             oldest.map(|t| (Utc::now() - from_millis(t)).num_milliseconds() as f64 / 1e3);
         Ok(depth)
     }
+
+    async fn writable(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        Ok(())
+    }
 }

@@ -47,8 +47,25 @@ pub async fn run_with(
 ) -> std::io::Result<()> {
     webhooks.log_startup();
     let background = webhooks.spawn_background();
+    let metrics = match (
+        &webhooks.shared.metrics.bind,
+        webhooks.shared.metrics.enabled,
+    ) {
+        (Some(bind), true) => {
+            let listener = TcpListener::bind(bind).await?;
+            tracing::info!(addr = %bind, "metrics on http://{bind}/metrics");
+            let router = webhooks.metrics_router();
+            Some(tokio::spawn(
+                async move { axum::serve(listener, router).await },
+            ))
+        }
+        _ => None,
+    };
     let app = webhooks.app().merge(extra);
     serve(listener, app, &webhooks.shared.limits, shutdown).await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     background.shutdown().await;
     Ok(())
 }

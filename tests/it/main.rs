@@ -6,6 +6,7 @@ mod fixtures;
 mod forged;
 mod inbox;
 mod keys;
+mod metrics;
 mod registry;
 mod routes;
 mod subscriptions;

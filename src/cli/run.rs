@@ -57,18 +57,9 @@ where
     for warning in config.warnings() {
         tracing::warn!("config: {warning}");
     }
-    let registry = match build_registry() {
-        Ok(r) => r,
-        Err(e) => return fail(2, e),
-    };
-    let state = match init(&config).await {
-        Ok(s) => s,
-        Err(e) => return fail(1, format!("the init step failed: {e}")),
-    };
-    let webhooks = match Webhooks::open(&config, registry, state).await {
+    let webhooks = match open(&config, init).await {
         Ok(w) => w,
-        Err(e @ StartError::Config(_)) => return fail(2, e),
-        Err(e) => return fail(1, e),
+        Err(code) => return code,
     };
     let listener = match bind(&config.server.bind).await {
         Ok(l) => l,
@@ -81,6 +72,23 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, format!("server error: {e}")),
     }
+}
+
+/// The registry, the user's init step and the receiver, as `serve` and `dev` both start them.
+async fn open<F>(config: &Config, init: F) -> Result<Webhooks, ExitCode>
+where
+    F: AsyncFn(&Config) -> Result<State, BoxError>,
+{
+    let registry = build_registry().map_err(|e| fail(2, e))?;
+    let state = init(config)
+        .await
+        .map_err(|e| fail(1, format!("the init step failed: {e}")))?;
+    Webhooks::open(config, registry, state)
+        .await
+        .map_err(|e| match e {
+            StartError::Config(_) => fail(2, e),
+            _ => fail(1, e),
+        })
 }
 
 pub(super) async fn dev<F>(config: Option<PathBuf>, dir: &Path, demo: bool, init: F) -> ExitCode
@@ -113,18 +121,9 @@ where
     if let Err(e) = config.validate() {
         return fail(2, e);
     }
-    let registry = match build_registry() {
-        Ok(r) => r,
-        Err(e) => return fail(2, e),
-    };
-    let state = match init(&config).await {
-        Ok(s) => s,
-        Err(e) => return fail(1, format!("the init step failed: {e}")),
-    };
-    let webhooks = match Webhooks::open(&config, registry, state).await {
+    let webhooks = match open(&config, init).await {
         Ok(w) => w,
-        Err(e @ StartError::Config(_)) => return fail(2, e),
-        Err(e) => return fail(1, e),
+        Err(code) => return code,
     };
     println!("kinde-webhooks dev listening on {base}");
     println!(

@@ -112,11 +112,12 @@ impl Dispatcher {
             caught.unwrap_or_else(|panic| Err(HandlerError::Panicked(panic_message(&*panic))));
         let elapsed = started.elapsed();
         crate::metrics::handler_call(&entry.name, &event.event_type, elapsed, result.is_ok());
-        let elapsed_ms = elapsed.as_secs_f64() * 1e3;
+        // Microsecond precision is plenty, and keeps log lines free of float noise.
+        let elapsed_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
         match &result {
             Ok(()) => tracing::debug!(handler = %entry.name, elapsed_ms, "handler succeeded"),
             Err(error) => {
-                tracing::error!(handler = %entry.name, elapsed_ms, %error, "handler failed")
+                tracing::warn!(handler = %entry.name, elapsed_ms, %error, "handler failed")
             }
         }
         HandlerOutcome {

@@ -173,6 +173,22 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, DecodingKey>, String> {
     Ok(keys)
 }
 
+/// An error with its causes, `outer: inner: root`: reqwest keeps "connection refused" in
+/// the source chain, not in its own message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// `max-age` from a `Cache-Control` value; `no-cache`/`no-store` count as 0.
 pub fn cache_max_age(value: &str) -> Option<Duration> {
     let mut age = None;
@@ -286,7 +302,7 @@ impl KeyStore {
             .is_some_and(|t| t.elapsed() < self.inner.cooldown);
         if !fetched_since && !cooling {
             if let Err(e) = self.fetch_locked(&mut state).await {
-                tracing::warn!(error = %e, "JWKS refresh for an unknown kid failed; keeping the keys held");
+                tracing::warn!(error = %error_chain(&e), held = self.has_keys(), "JWKS refresh for an unknown kid failed");
             }
             // The cooldown counts from the end of the fetch, so a slow JWKS cannot be kept
             // busy back to back.
@@ -387,7 +403,12 @@ impl KeyStore {
                         store.refresh_after(interval)
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?retry, "JWKS fetch failed; keeping the keys held");
+                        if store.has_keys() {
+                            tracing::warn!(error = %error_chain(&e), retry_in = ?retry, "JWKS fetch failed; keeping the keys held");
+                        } else {
+                            tracing::warn!(error = %error_chain(&e), retry_in = ?retry,
+                                "JWKS fetch failed; no signing key yet, so webhooks get 503 until one succeeds");
+                        }
                         let wait = if store.has_keys() {
                             retry.max(store.inner.cooldown)
                         } else {

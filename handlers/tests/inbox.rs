@@ -614,7 +614,14 @@ async fn inbox_commands_over_a_real_store() {
     let out = fx.cli_ok(&["inbox", "replay", "--skipped", "--json"]);
     assert_eq!(out.trim(), r#"{"ran_here":null,"scheduled":0}"#);
     let out = fx.cli_ok(&["inbox", "replay", "--skipped"]);
-    assert_eq!(out.trim(), "nothing to replay");
+    assert_eq!(
+        out.trim(),
+        "nothing to replay: no registered handler matches the selected events, or there are none"
+    );
+    // A mistyped event id is an error, not a quiet success.
+    let out = fx.cli(&["inbox", "replay", "event_nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no event event_nope in the inbox"));
 
     // Server stopped: the command runs the job itself.
     let out = fx.cli(&["inbox", "replay", &user_id, "--json"]);

@@ -26,6 +26,15 @@ use crate::handler::{BoxError, State};
 use crate::registry::Registry;
 use crate::signing::SigningKey;
 
+/// `println!` that ignores a closed stdout (`inbox list | head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+pub(crate) use out;
+
 /// Where `dev` keeps its signing key unless told otherwise; git-ignored.
 pub const DEFAULT_DEV_DIR: &str = ".kinde-dev";
 const DEV_KEY_FILE: &str = "signing-key.pem";
@@ -199,13 +208,20 @@ fn build_registry() -> Result<Registry, String> {
 }
 
 /// The dev signing key in `dir`, generated and saved on first use.
-fn dev_key(dir: &Path) -> Result<SigningKey, String> {
+fn dev_key(dir: &Path, create: bool) -> Result<SigningKey, String> {
     let path = dir.join(DEV_KEY_FILE);
     if path.exists() {
         let pem = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         return SigningKey::from_pem(&pem, None)
             .map_err(|e| format!("{}: {e}; delete it to make a new one", path.display()));
+    }
+    if !create {
+        return Err(format!(
+            "no dev signing key at {}: start `kinde-webhooks dev` first (from this folder), or point --dir \
+             (env KINDE_WEBHOOKS_DEV_DIR) at the folder `dev` printed",
+            path.display()
+        ));
     }
     let key = SigningKey::generate().map_err(|e| e.to_string())?;
     let pem = key.to_pem().map_err(|e| e.to_string())?;
@@ -239,7 +255,7 @@ fn handlers() -> ExitCode {
     };
     let table = registry.table();
     let width = table.keys().map(String::len).max().unwrap_or(7).max(7);
-    println!("{:width$}  HANDLER (MODULE)", "PATTERN");
+    out!("{:width$}  HANDLER (MODULE)", "PATTERN");
     for (pattern, names) in table {
         for name in names {
             let module = registry
@@ -248,7 +264,7 @@ fn handlers() -> ExitCode {
                 .find(|e| *e.name == *name)
                 .map(|e| e.module.as_str())
                 .unwrap_or("");
-            println!("{pattern:width$}  {name} ({module})");
+            out!("{pattern:width$}  {name} ({module})");
         }
     }
     ExitCode::SUCCESS

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tracing::field::{Empty, display};
 
 use crate::config::InboxConfig;
 use crate::dispatch::Dispatcher;
@@ -183,41 +184,44 @@ impl Inbox {
     async fn run_job(&self, job: Job) {
         let started_at = Utc::now();
         let clock = Instant::now();
+        let attempt = job.attempts + 1;
+        // Every line about this attempt, the handler's own included, carries the event's ids.
+        let span = tracing::info_span!("inbox", handler = %job.key.handler, attempt, event_id = Empty,
+            event_type = Empty, webhook_id = %job.webhook_id.as_deref().unwrap_or(""));
         let result = match read_claims(job.claims, job.received_at) {
             Ok((mut event, _, _)) => {
+                span.record("event_id", display(&event.event_id));
+                span.record("event_type", display(&event.event_type));
                 event.delivery.route = job.route;
                 event.delivery.webhook_id = job.webhook_id;
-                let span = tracing::info_span!("inbox", handler = %job.key.handler, event_id = %event.event_id,
-                    event_type = %event.event_type, webhook_id = event.delivery.webhook_id.as_deref().unwrap_or(""), attempt = job.attempts + 1);
-                match self
+                let run = self
                     .dispatcher
                     .run_named(&job.key.handler, &event)
-                    .instrument(span)
-                    .await
-                {
-                    Some(result) => result,
-                    None => Err(HandlerError::permanent(format!(
+                    .instrument(span.clone())
+                    .await;
+                run.unwrap_or_else(|| {
+                    Err(HandlerError::permanent(format!(
                         "handler {} is not registered",
                         job.key.handler
-                    ))),
-                }
+                    )))
+                })
             }
             Err(e) => Err(HandlerError::permanent(format!(
                 "stored claims are unreadable: {e}"
             ))),
         };
-        let attempt = job.attempts + 1;
+        let _in_span = span.enter();
         let outcome = match result {
             Ok(()) => Outcome::Done,
             Err(e) if e.is_permanent() || attempt >= self.config.max_attempts => {
-                tracing::error!(handler = %job.key.handler, attempt, error = %e, "inbox: dead-lettered");
+                tracing::error!(error = %e, "inbox: dead-lettered; `inbox replay --dead` runs it again");
                 Outcome::Dead {
                     error: e.to_string(),
                 }
             }
             Err(e) => {
                 let delay = backoff(attempt, self.config.retry_base, self.config.retry_cap);
-                tracing::warn!(handler = %job.key.handler, attempt, retry_in = ?delay, error = %e, "inbox: attempt failed");
+                tracing::warn!(retry_in = ?delay, error = %e, "inbox: attempt failed; retrying");
                 let due_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 Outcome::Retry {
                     error: e.to_string(),
@@ -225,13 +229,14 @@ impl Inbox {
                 }
             }
         };
+        drop(_in_span);
         let finished = Finished {
             key: job.key,
             outcome,
             started_at,
             duration: clock.elapsed(),
         };
-        if let Err(e) = self.store.finish(finished).await {
+        if let Err(e) = self.store.finish(finished).instrument(span).await {
             tracing::error!(error = %e, "inbox: cannot record the outcome; the job runs again after its lease");
         }
     }

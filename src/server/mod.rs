@@ -159,6 +159,7 @@ impl Webhooks {
             message: "is not set: set KINDE_ISSUER_URL".into(),
         })?;
         let keys = KeyStore::new(jwks_url, config.kinde.jwks_refresh_cooldown);
+        config.check_handler_sections(registry.entries().iter().map(|e| &*e.name))?;
         let dispatcher = Dispatcher::new(registry, state, config.handlers.clone())
             .with_timeout(Some(config.delivery.handler_timeout));
         let needs_store = |what: &str| ConfigError::Invalid {

@@ -101,7 +101,7 @@ impl Default for LimitsConfig {
             max_concurrent_requests: 512,
             max_connections: 2048,
             max_token_bytes: 64 * 1024,
-            max_payload_bytes: 48 * 1024,
+            max_payload_bytes: 32 * 1024,
             max_json_depth: 32,
             max_kid_bytes: 256,
         }

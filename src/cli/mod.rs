@@ -226,16 +226,23 @@ fn dev_key(dir: &Path, create: bool) -> Result<SigningKey, String> {
     let key = SigningKey::generate().map_err(|e| e.to_string())?;
     let pem = key.to_pem().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    // The private key: readable by its owner only.
+    // Written whole to a private temporary file, then linked into place: two processes
+    // starting together agree on one key (the loser reads the winner's).
+    let temp = dir.join(format!("{DEV_KEY_FILE}.{}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    std::io::Write::write_all(&mut file, pem.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let written = options
+        .open(&temp)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, pem.as_bytes()))
+        .and_then(|()| std::fs::hard_link(&temp, &path));
+    let _ = std::fs::remove_file(&temp);
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return dev_key(dir, false),
+        Err(e) => return Err(format!("cannot write {}: {e}", path.display())),
+    }
     Ok(key)
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, DeliveryMode, InlineDedup, LimitsConfig, MetricsConfig};
-use crate::dedup::MemoryDedup;
+use crate::dedup::{KeyLocks, MemoryDedup};
 use crate::dispatch::Dispatcher;
 use crate::handler::State;
 use crate::inbox::{Inbox, SqliteStore, Store, StoreError};
@@ -54,6 +54,8 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     refresh_interval: Duration,
     metrics: MetricsConfig,
+    /// Inline mode: copies of one delivery arriving together run its handlers once.
+    key_locks: KeyLocks,
 }
 
 #[derive(Debug)]
@@ -214,6 +216,7 @@ impl Webhooks {
                 limits: config.limits.clone(),
                 in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
                 metrics: config.metrics.clone(),
+                key_locks: KeyLocks::default(),
                 refresh_interval: config.kinde.jwks_refresh_interval,
             }),
         })

@@ -207,6 +207,11 @@ async fn handle_inline(
     event: &Event,
 ) -> Result<Outcome, Rejection> {
     let (route, id) = (event.delivery.route.as_str(), event.event_id.as_str());
+    // Held until the key is recorded: a concurrent copy waits, then finds it handled.
+    let _key = match dedup {
+        Dedup::Off => None,
+        _ => Some(shared.key_locks.lock(route, id).await),
+    };
     let seen = match dedup {
         Dedup::Off => false,
         Dedup::Memory(set) => set.seen(route, id),

@@ -34,11 +34,32 @@ pub struct Config {
     pub inbox: InboxConfig,
     /// `[limits]`: what one request may cost; every limit has a safe default.
     pub limits: LimitsConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// `[handlers.<name>]`: each handler's own settings, read through `Context::settings`.
     pub handlers: HashMap<String, toml::Value>,
     /// The folder of the config file, which relative paths are resolved against.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` (Prometheus text format).
+    pub enabled: bool,
+    /// Serve it on this address instead of the main one (keep it off the public port).
+    pub bind: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: None,
+        }
+    }
 }
 
 /// `[limits]`: bounds on what one request or client may cost the server.
@@ -80,7 +101,7 @@ impl Default for LimitsConfig {
             max_concurrent_requests: 512,
             max_connections: 2048,
             max_token_bytes: 64 * 1024,
-            max_payload_bytes: 48 * 1024,
+            max_payload_bytes: 32 * 1024,
             max_json_depth: 32,
             max_kid_bytes: 256,
         }
@@ -429,6 +450,27 @@ impl Config {
         }
     }
 
+    /// Check that every `[handlers.<name>]` section names a registered handler, so a typo
+    /// is a start-up error rather than a handler failing on its first event.
+    pub fn check_handler_sections<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ConfigError> {
+        let names: Vec<&str> = names.into_iter().collect();
+        for section in self.handlers.keys() {
+            if !names.contains(&section.as_str()) {
+                return Err(invalid(
+                    format!("handlers.{section}"),
+                    format!(
+                        "no handler is named {section:?}; registered: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The listen address, parsed.
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server.bind.parse().map_err(|_| {
@@ -489,6 +531,23 @@ impl Config {
         }
         self.validate_delivery()?;
         self.validate_limits()?;
+        if !is_log_filter(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{:?} is not a log filter like \"info\" or \"kinde_webhooks=debug,warn\"",
+                    self.log.level
+                ),
+            ));
+        }
+        if let Some(bind) = &self.metrics.bind
+            && bind.parse::<SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics.bind",
+                format!("{bind:?} is not an address like \"127.0.0.1:9000\""),
+            ));
+        }
         let routes = self.effective_routes();
         for (i, route) in routes.iter().enumerate() {
             let key = format!("routes[{i}]");
@@ -666,6 +725,33 @@ impl Config {
     }
 }
 
+/// Whether `filter` reads as tracing directives: `level`, `target`, or `target=level`,
+/// comma-separated (span filters in `[...]` are left to the filter parser). Stricter than
+/// the parser itself, which takes almost anything as a target name.
+pub fn is_log_filter(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |s: &str| LEVELS.contains(&s.to_ascii_lowercase().as_str());
+    let is_target = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_:-.".contains(c))
+    };
+    !filter.trim().is_empty()
+        && filter
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .all(|directive| {
+                if directive.contains('[') {
+                    return tracing_subscriber::EnvFilter::try_new(directive).is_ok();
+                }
+                match directive.split_once('=') {
+                    Some((target, level)) => is_target(target) && is_level(level),
+                    None => is_level(directive) || is_target(directive),
+                }
+            })
+}
+
 fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
     let parsed =
         reqwest::Url::parse(url).map_err(|e| invalid(key, format!("{url:?} is not a URL: {e}")))?;
@@ -736,6 +822,7 @@ mod tests {
             ("[inbox]\nlease = \"10s\"", "inbox.lease"),
             ("[inbox]\nworkers = 0", "inbox.workers"),
             ("[store]\nbackend = \"mysql\"", "store.backend"),
+            ("[log]\nlevel = \"verbose!!\"", "log.level"),
         ];
         for (text, want) in cases {
             match with_issuer(text).validate() {

@@ -110,11 +110,14 @@ impl Dispatcher {
         };
         let result =
             caught.unwrap_or_else(|panic| Err(HandlerError::Panicked(panic_message(&*panic))));
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        let elapsed = started.elapsed();
+        crate::metrics::handler_call(&entry.name, &event.event_type, elapsed, result.is_ok());
+        // Microsecond precision is plenty, and keeps log lines free of float noise.
+        let elapsed_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
         match &result {
             Ok(()) => tracing::debug!(handler = %entry.name, elapsed_ms, "handler succeeded"),
             Err(error) => {
-                tracing::error!(handler = %entry.name, elapsed_ms, %error, "handler failed")
+                tracing::warn!(handler = %entry.name, elapsed_ms, %error, "handler failed")
             }
         }
         HandlerOutcome {

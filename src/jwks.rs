@@ -74,6 +74,8 @@ pub enum JwksError {
 #[derive(Clone, Default)]
 struct KeySet {
     keys: HashMap<String, Arc<DecodingKey>>,
+    /// When this set was fetched; `None` before the first load.
+    loaded_at: Option<Instant>,
 }
 
 /// When unknown kids last caused a fetch, for the cooldown.
@@ -171,6 +173,22 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, DecodingKey>, String> {
     Ok(keys)
 }
 
+/// An error with its causes, `outer: inner: root`: reqwest keeps "connection refused" in
+/// the source chain, not in its own message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// `max-age` from a `Cache-Control` value; `no-cache`/`no-store` count as 0.
 pub fn cache_max_age(value: &str) -> Option<Duration> {
     let mut age = None;
@@ -221,6 +239,12 @@ impl KeyStore {
     /// How many fetches were attempted so far.
     pub fn fetch_count(&self) -> u64 {
         self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// How long ago the key set was loaded, and how many keys it holds.
+    pub fn age_and_count(&self) -> (Option<Duration>, usize) {
+        let set = self.read();
+        (set.loaded_at.map(|t| t.elapsed()), set.keys.len())
     }
 
     /// Whether any signing key is held.
@@ -278,7 +302,7 @@ impl KeyStore {
             .is_some_and(|t| t.elapsed() < self.inner.cooldown);
         if !fetched_since && !cooling {
             if let Err(e) = self.fetch_locked(&mut state).await {
-                tracing::warn!(error = %e, "JWKS refresh for an unknown kid failed; keeping the keys held");
+                tracing::warn!(error = %error_chain(&e), held = self.has_keys(), "JWKS refresh for an unknown kid failed");
             }
             // The cooldown counts from the end of the fetch, so a slow JWKS cannot be kept
             // busy back to back.
@@ -301,11 +325,13 @@ impl KeyStore {
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
         let result = self.download().await;
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        crate::metrics::jwks_fetch(result.is_ok());
         let (keys, max_age) = result?;
         *self.inner.max_age.lock().unwrap_or_else(|e| e.into_inner()) = max_age;
         let count = keys.len();
         let set = KeySet {
             keys: keys.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            loaded_at: Some(Instant::now()),
         };
         *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         tracing::info!(url = %self.inner.url, keys = count, "JWKS loaded");
@@ -377,7 +403,12 @@ impl KeyStore {
                         store.refresh_after(interval)
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?retry, "JWKS fetch failed; keeping the keys held");
+                        if store.has_keys() {
+                            tracing::warn!(error = %error_chain(&e), retry_in = ?retry, "JWKS fetch failed; keeping the keys held");
+                        } else {
+                            tracing::warn!(error = %error_chain(&e), retry_in = ?retry,
+                                "JWKS fetch failed; no signing key yet, so webhooks get 503 until one succeeds");
+                        }
                         let wait = if store.has_keys() {
                             retry.max(store.inner.cooldown)
                         } else {

@@ -13,6 +13,7 @@
 //! - [`payload`]: typed `data` for every shape Kinde publishes.
 //! - [`verify`]: token parsing and RS256 verification; knows nothing of HTTP.
 //! - [`jwks`]: the key store: JWKS fetching, caching, single-flight refresh with cooldown.
+//! - [`metrics`]: the Prometheus metrics and what they count.
 //! - [`handler`]: the handler traits, the handler context and registration.
 //! - [`registry`]: event-type patterns and the registry built from them.
 //! - [`dedup`]: inline mode's bounded in-memory dedup.
@@ -32,6 +33,7 @@ pub mod event;
 pub mod handler;
 pub mod inbox;
 pub mod jwks;
+pub mod metrics;
 pub mod payload;
 pub mod registry;
 pub mod reply;

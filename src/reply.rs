@@ -86,7 +86,7 @@ impl Rejection {
                 V::EventInFuture => "event_in_future",
                 V::TokenTooLarge => "token_too_large",
                 V::PayloadTooLarge => "payload_too_large",
-                V::TooDeep => "payload_too_deep",
+                V::TooDeep => "json_too_deep",
                 V::KidTooLong => "invalid_kid",
             },
             Rejection::PayloadTooLarge => "payload_too_large",

@@ -2,7 +2,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, is_log_filter};
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,9 +15,20 @@ pub enum Output {
 
 /// Install the global subscriber. Does nothing if one is already installed (tests).
 pub fn init(log: &LogConfig, output: Output) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let configured = || EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if is_log_filter(&value) => {
+            EnvFilter::try_new(&value).unwrap_or_else(|_| configured())
+        }
+        Ok(value) if !value.trim().is_empty() => {
+            eprintln!(
+                "warning: RUST_LOG={value:?} is not a log filter; using [log] level {:?}",
+                log.level
+            );
+            configured()
+        }
+        _ => configured(),
+    };
     // Colour only on a terminal, so piped and collected logs stay plain text.
     let ansi = match output {
         Output::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),

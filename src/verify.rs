@@ -109,7 +109,7 @@ impl Default for TokenLimits {
     fn default() -> Self {
         Self {
             max_token_bytes: 64 * 1024,
-            max_payload_bytes: 48 * 1024,
+            max_payload_bytes: 32 * 1024,
             max_json_depth: 32,
             max_kid_bytes: 256,
         }
@@ -252,9 +252,10 @@ struct Claims {
     event_timestamp: Option<DateTime<FixedOffset>>,
     #[serde(default)]
     ip_address: Option<String>,
-    #[serde(default)]
+    /// Present at all (even `null`) means checked: a non-number is refused.
+    #[serde(default, deserialize_with = "present")]
     exp: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     nbf: Option<Value>,
 }
 
@@ -512,6 +513,20 @@ mod tests {
         assert!(matches!(
             parse(&t).unwrap().into_event(now, None),
             Err(VerifyError::NotYetValid)
+        ));
+        for bad in [json!(null), json!("soon")] {
+            let mut c = claims();
+            c["nbf"] = bad;
+            assert!(matches!(
+                parse(&k.sign(&c)).unwrap().into_event(now, None),
+                Err(VerifyError::BadClaim("nbf"))
+            ));
+        }
+        let mut c = claims();
+        c["exp"] = json!(null);
+        assert!(matches!(
+            parse(&k.sign(&c)).unwrap().into_event(now, None),
+            Err(VerifyError::BadClaim("exp"))
         ));
         let mut c = claims();
         c["exp"] = json!("soon");

@@ -1,25 +1,22 @@
 //! The real `kinde-webhooks` binary, spawned as a user runs it: `serve` against a JWKS
 //! served by the test, `dev` with its built-in issuer, and `send`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::Json;
-use axum::routing::get;
+use common::{BIN, Output, serve_jwks};
 use kinde_webhooks::samples::sample_claims;
 use kinde_webhooks::signing::SigningKey;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kinde-webhooks");
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A spawned binary whose output is read line by line; killed on drop.
 struct Spawned {
     child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
+    output: Output,
 }
 
 impl Spawned {
@@ -36,46 +33,13 @@ impl Spawned {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn kinde-webhooks");
-        let (tx, lines) = channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Spawned {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        let output = Output::capture(&mut child);
+        Spawned { child, output }
     }
 
-    /// The first line (seen before or arriving within the deadline) that satisfies `pred`.
+    /// The first line (seen before or arriving within [`WAIT`]) that satisfies `pred`.
     fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        if let Some(line) = self.seen.iter().find(|l| pred(l)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + WAIT;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no line with {what} within {WAIT:?}; output so far:\n{}",
-            self.seen.join("\n")
-        );
+        self.output.wait_for(what, WAIT, pred)
     }
 
     /// The `http://127.0.0.1:PORT` the server printed it listens on.
@@ -93,19 +57,6 @@ impl Drop for Spawned {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A JWKS endpoint on 127.0.0.1:0 serving `key`; returns its base URL.
-async fn serve_jwks(key: &SigningKey) -> String {
-    let jwks = key.jwks();
-    let app = axum::Router::new().route(
-        "/.well-known/jwks.json",
-        get(move || async move { Json(jwks) }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
 }
 
 async fn post(url: &str, token: &str) -> (u16, String) {
@@ -152,7 +103,7 @@ async fn serve_verifies_a_kinde_token_and_the_bundled_handler_logs_its_event_id(
         "{logged}"
     );
     assert!(
-        !server.seen.iter().any(|l| l.contains(&token)),
+        !server.output.seen.iter().any(|l| l.contains(&token)),
         "the token must never be logged"
     );
 

@@ -3,24 +3,22 @@
 //! restart runs its handler once, one inbox file serves one server, and the `inbox` commands
 //! (`list`, `show`, `replay`, `purge`) work over a real store.
 
+mod common;
+
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::routing::get;
+use common::{BIN, serve_jwks};
 use kinde_webhooks::samples::sample_claims;
 use kinde_webhooks::signing::{SigningKey, new_webhook_id};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kinde-webhooks");
 const ROUTE: &str = "/api/kinde-webhook";
 /// How long a server may take to print its address, or a CLI command to finish.
 const START: Duration = Duration::from_secs(20);
@@ -105,24 +103,10 @@ format = "human"
             .command(&["serve"])
             .spawn()
             .expect("spawn kinde-webhooks");
-        let (tx, lines) = channel();
-        let mut readers = Vec::new();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            }));
-        }
+        let output = common::Output::capture(&mut child);
         let mut server = Server {
             child,
-            lines,
-            seen: Vec::new(),
-            readers,
+            output,
             base: String::new(),
         };
         let line = server.wait_for("'listening on http://'", START, |l| {
@@ -214,9 +198,7 @@ format = "human"
 /// A running `kinde-webhooks serve` whose output is collected line by line; killed on drop.
 struct Server {
     child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    readers: Vec<JoinHandle<()>>,
+    output: common::Output,
     base: String,
 }
 
@@ -227,53 +209,23 @@ impl Server {
 
     /// The first line (seen before or arriving within `within`) that satisfies `pred`.
     fn wait_for(&mut self, what: &str, within: Duration, pred: impl Fn(&str) -> bool) -> String {
-        if let Some(line) = self.seen.iter().find(|l| pred(l)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + within;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no line with {what} within {within:?}; output so far:\n{}",
-            self.seen.join("\n")
-        );
+        self.output.wait_for(what, within, pred)
     }
 
     /// Take the lines that arrived, waiting at most `wait` for the first one.
     fn pump(&mut self, wait: Duration) {
-        match self.lines.recv_timeout(wait) {
-            Ok(line) => self.seen.push(line),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
-        }
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
+        self.output.pump(wait);
     }
 
     /// How many times the user.created handler logged each event id in this run so far.
     fn handled(&mut self) -> HashMap<String, usize> {
         self.pump(Duration::ZERO);
-        handled(&self.seen)
+        handled(&self.output.seen)
     }
 
     /// Once the process is gone: every line it wrote (the readers run to end of file).
     fn collect(&mut self) -> Vec<String> {
-        for reader in self.readers.drain(..) {
-            reader.join().unwrap();
-        }
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        std::mem::take(&mut self.seen)
+        self.output.collect()
     }
 
     /// `kill -9`; every line it wrote.
@@ -354,7 +306,7 @@ fn handled<'a>(lines: impl IntoIterator<Item = &'a String>) -> HashMap<String, u
 fn wait_handled(server: &mut Server, earlier: &[String], ids: &HashSet<String>) {
     let deadline = Instant::now() + HANDLED;
     loop {
-        let counts = handled(earlier.iter().chain(&server.seen));
+        let counts = handled(earlier.iter().chain(&server.output.seen));
         let missing: Vec<&String> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
         if missing.is_empty() {
             return;
@@ -366,24 +318,11 @@ fn wait_handled(server: &mut Server, earlier: &[String], ids: &HashSet<String>) 
                 missing.len(),
                 ids.len(),
                 &missing[..missing.len().min(5)],
-                server.seen[server.seen.len().saturating_sub(40)..].join("\n")
+                server.output.seen[server.output.seen.len().saturating_sub(40)..].join("\n")
             );
         }
         server.pump(Duration::from_millis(100));
     }
-}
-
-/// A JWKS endpoint on 127.0.0.1:0 serving `key`; returns its base URL.
-async fn serve_jwks(key: &SigningKey) -> String {
-    let jwks = key.jwks();
-    let app = axum::Router::new().route(
-        "/.well-known/jwks.json",
-        get(move || async move { Json(jwks) }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
 }
 
 /// POST a token; the status and body, or why no answer came.
@@ -603,9 +542,13 @@ async fn sigterm_under_load_exits_cleanly_and_loses_nothing() {
     let done = fx.listed("done");
     assert!(load.acked.is_subset(&done), "acknowledged events not done");
     assert!(
-        !server.seen.iter().any(|l| l.contains("left in flight")),
+        !server
+            .output
+            .seen
+            .iter()
+            .any(|l| l.contains("left in flight")),
         "a graceful shutdown leaves no job in flight:\n{}",
-        server.seen.join("\n")
+        server.output.seen.join("\n")
     );
     let (status, _, _) = server.terminate(GRACE + Duration::from_secs(3));
     assert_eq!(status.code(), Some(0));
@@ -659,7 +602,7 @@ async fn inbox_commands_over_a_real_store() {
         assert!(
             Instant::now() < deadline,
             "the server did not run the replayed job:\n{}",
-            server.seen.join("\n")
+            server.output.seen.join("\n")
         );
         server.pump(Duration::from_millis(50));
     }
@@ -671,7 +614,14 @@ async fn inbox_commands_over_a_real_store() {
     let out = fx.cli_ok(&["inbox", "replay", "--skipped", "--json"]);
     assert_eq!(out.trim(), r#"{"ran_here":null,"scheduled":0}"#);
     let out = fx.cli_ok(&["inbox", "replay", "--skipped"]);
-    assert_eq!(out.trim(), "nothing to replay");
+    assert_eq!(
+        out.trim(),
+        "nothing to replay: no registered handler matches the selected events, or there are none"
+    );
+    // A mistyped event id is an error, not a quiet success.
+    let out = fx.cli(&["inbox", "replay", "event_nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no event event_nope in the inbox"));
 
     // Server stopped: the command runs the job itself.
     let out = fx.cli(&["inbox", "replay", &user_id, "--json"]);

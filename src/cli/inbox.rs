@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{SecondsFormat, Utc};
 
-use super::{InboxCommand, build_registry, fail, load_config};
+use super::{InboxCommand, build_registry, fail, load_config, out};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::handler::{BoxError, State};
@@ -107,9 +107,14 @@ where
                 .map_err(|e| e.to_string())
                 .map(|n| {
                     if json {
-                        println!("{}", serde_json::json!({ "purged": n }));
+                        out!("{}", serde_json::json!({ "purged": n }));
                     } else {
-                        println!("purged {n} events received more than {older_than} ago");
+                        let what = if dead {
+                            "finished, skipped and dead-lettered"
+                        } else {
+                            "finished and skipped"
+                        };
+                        out!("purged {n} {what} events received more than {older_than} ago");
                     }
                 })
         }
@@ -135,16 +140,20 @@ async fn list(store: &SqliteStore, filter: ListFilter, json: bool) -> Result<(),
     let events = store.list(&filter).await.map_err(|e| e.to_string())?;
     if json {
         for e in &events {
-            println!("{}", serde_json::to_string(e).map_err(|e| e.to_string())?);
+            out!("{}", serde_json::to_string(e).map_err(|e| e.to_string())?);
         }
         return Ok(());
     }
-    println!(
+    out!(
         "{:<20}  {:<7}  {:<28}  {:<38}  {:<20}  WEBHOOK-ID",
-        "RECEIVED", "STATUS", "TYPE", "EVENT-ID", "ROUTE"
+        "RECEIVED",
+        "STATUS",
+        "TYPE",
+        "EVENT-ID",
+        "ROUTE"
     );
     for e in &events {
-        println!(
+        out!(
             "{:<20}  {:<7}  {:<28}  {:<38}  {:<20}  {}",
             time(e.received_at),
             e.status.as_str(),
@@ -155,7 +164,7 @@ async fn list(store: &SqliteStore, filter: ListFilter, json: bool) -> Result<(),
         );
     }
     if events.is_empty() {
-        println!("(no events)");
+        out!("(no events)");
     }
     Ok(())
 }
@@ -166,9 +175,9 @@ async fn show(store: &SqliteStore, event_id: &str, json: bool) -> Result<(), Str
         return Err(format!("no event {event_id} in the inbox"));
     }
     if json {
-        println!(
+        out!(
             "{}",
-            serde_json::to_string_pretty(&details).map_err(|e| e.to_string())?
+            serde_json::to_string(&details).map_err(|e| e.to_string())?
         );
         return Ok(());
     }
@@ -178,32 +187,36 @@ async fn show(store: &SqliteStore, event_id: &str, json: bool) -> Result<(), Str
         jobs,
     } in &details
     {
-        println!(
+        out!(
             "event {} ({}) on {}: {}",
             clean(&s.event_id),
             clean(&s.event_type),
             clean(&s.route),
             s.status
         );
-        println!(
+        out!(
             "  received {}, webhook-id {}",
             time(s.received_at),
             clean(s.webhook_id.as_deref().unwrap_or("-"))
         );
         if jobs.is_empty() {
-            println!("  no handler matched (skipped)");
+            out!("  no handler matched (skipped)");
         }
         for j in jobs {
-            println!(
-                "  handler {}: {} after {} attempt(s), due {}",
+            out!(
+                "  handler {}: {}, {} attempt(s) since it was last scheduled{}",
                 j.handler,
                 j.status,
                 j.attempts,
-                time(j.due_at)
+                match j.status.as_str() {
+                    "pending" | "failed" => format!(", next due {}", time(j.due_at)),
+                    "in_flight" => format!(", lease until {}", time(j.due_at)),
+                    _ => String::new(),
+                }
             );
             for (n, a) in j.history.iter().enumerate() {
                 let outcome = clean(a.error.as_deref().unwrap_or("ok"));
-                println!(
+                out!(
                     "    #{} {} {:.1} ms: {outcome}",
                     n + 1,
                     time(a.started_at),
@@ -212,7 +225,7 @@ async fn show(store: &SqliteStore, event_id: &str, json: bool) -> Result<(), Str
             }
         }
         let claims = serde_json::to_string_pretty(claims).unwrap_or_default();
-        println!("  payload:\n    {}", claims.replace('\n', "\n    "));
+        out!("  payload:\n    {}", claims.replace('\n', "\n    "));
     }
     Ok(())
 }
@@ -254,6 +267,11 @@ where
             .map(|e| e.name.to_string())
             .collect()
     };
+    if let ReplayTarget::Event(id) = &target
+        && store.show(id).await.map_err(|e| e.to_string())?.is_empty()
+    {
+        return Err(format!("no event {} in the inbox", clean(id)));
+    }
     let scheduled = store
         .replay(&target, &matcher)
         .await
@@ -266,19 +284,21 @@ where
         None
     };
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({ "scheduled": scheduled, "ran_here": ran })
         );
     } else {
         match ran {
             Some(n) => {
-                println!("scheduled {scheduled} job(s); no server is running, so ran {n} here")
+                out!("scheduled {scheduled} job(s); no server is running, so ran {n} here")
             }
             None if scheduled > 0 => {
-                println!("scheduled {scheduled} job(s); the running server picks them up")
+                out!("scheduled {scheduled} job(s); the running server picks them up")
             }
-            None => println!("nothing to replay"),
+            None => out!(
+                "nothing to replay: no registered handler matches the selected events, or there are none"
+            ),
         }
     }
     Ok(())

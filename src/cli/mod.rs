@@ -26,6 +26,15 @@ use crate::handler::{BoxError, State};
 use crate::registry::Registry;
 use crate::signing::SigningKey;
 
+/// `println!` that ignores a closed stdout (`inbox list | head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+pub(crate) use out;
+
 /// Where `dev` keeps its signing key unless told otherwise; git-ignored.
 pub const DEFAULT_DEV_DIR: &str = ".kinde-dev";
 const DEV_KEY_FILE: &str = "signing-key.pem";
@@ -199,7 +208,7 @@ fn build_registry() -> Result<Registry, String> {
 }
 
 /// The dev signing key in `dir`, generated and saved on first use.
-fn dev_key(dir: &Path) -> Result<SigningKey, String> {
+fn dev_key(dir: &Path, create: bool) -> Result<SigningKey, String> {
     let path = dir.join(DEV_KEY_FILE);
     if path.exists() {
         let pem = std::fs::read_to_string(&path)
@@ -207,19 +216,33 @@ fn dev_key(dir: &Path) -> Result<SigningKey, String> {
         return SigningKey::from_pem(&pem, None)
             .map_err(|e| format!("{}: {e}; delete it to make a new one", path.display()));
     }
+    if !create {
+        return Err(format!(
+            "no dev signing key at {}: start `kinde-webhooks dev` first (from this folder), or point --dir \
+             (env KINDE_WEBHOOKS_DEV_DIR) at the folder `dev` printed",
+            path.display()
+        ));
+    }
     let key = SigningKey::generate().map_err(|e| e.to_string())?;
     let pem = key.to_pem().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    // The private key: readable by its owner only.
+    // Written whole to a private temporary file, then linked into place: two processes
+    // starting together agree on one key (the loser reads the winner's).
+    let temp = dir.join(format!("{DEV_KEY_FILE}.{}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    std::io::Write::write_all(&mut file, pem.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let written = options
+        .open(&temp)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, pem.as_bytes()))
+        .and_then(|()| std::fs::hard_link(&temp, &path));
+    let _ = std::fs::remove_file(&temp);
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return dev_key(dir, false),
+        Err(e) => return Err(format!("cannot write {}: {e}", path.display())),
+    }
     Ok(key)
 }
 
@@ -239,7 +262,7 @@ fn handlers() -> ExitCode {
     };
     let table = registry.table();
     let width = table.keys().map(String::len).max().unwrap_or(7).max(7);
-    println!("{:width$}  HANDLER (MODULE)", "PATTERN");
+    out!("{:width$}  HANDLER (MODULE)", "PATTERN");
     for (pattern, names) in table {
         for name in names {
             let module = registry
@@ -248,7 +271,7 @@ fn handlers() -> ExitCode {
                 .find(|e| *e.name == *name)
                 .map(|e| e.module.as_str())
                 .unwrap_or("");
-            println!("{pattern:width$}  {name} ({module})");
+            out!("{pattern:width$}  {name} ({module})");
         }
     }
     ExitCode::SUCCESS

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::routing::get;
 
 use super::send::post;
-use super::{build_registry, dev_key, fail, load_config, loopback};
+use super::{build_registry, dev_key, fail, load_config, loopback, out};
 use crate::EventType;
 use crate::config::Config;
 use crate::handler::{BoxError, State};
@@ -57,18 +57,9 @@ where
     for warning in config.warnings() {
         tracing::warn!("config: {warning}");
     }
-    let registry = match build_registry() {
-        Ok(r) => r,
-        Err(e) => return fail(2, e),
-    };
-    let state = match init(&config).await {
-        Ok(s) => s,
-        Err(e) => return fail(1, format!("the init step failed: {e}")),
-    };
-    let webhooks = match Webhooks::open(&config, registry, state).await {
+    let webhooks = match open(&config, init).await {
         Ok(w) => w,
-        Err(e @ StartError::Config(_)) => return fail(2, e),
-        Err(e) => return fail(1, e),
+        Err(code) => return code,
     };
     let listener = match bind(&config.server.bind).await {
         Ok(l) => l,
@@ -83,6 +74,23 @@ where
     }
 }
 
+/// The registry, the user's init step and the receiver, as `serve` and `dev` both start them.
+async fn open<F>(config: &Config, init: F) -> Result<Webhooks, ExitCode>
+where
+    F: AsyncFn(&Config) -> Result<State, BoxError>,
+{
+    let registry = build_registry().map_err(|e| fail(2, e))?;
+    let state = init(config)
+        .await
+        .map_err(|e| fail(1, format!("the init step failed: {e}")))?;
+    Webhooks::open(config, registry, state)
+        .await
+        .map_err(|e| match e {
+            StartError::Config(_) => fail(2, e),
+            _ => fail(1, e),
+        })
+}
+
 pub(super) async fn dev<F>(config: Option<PathBuf>, dir: &Path, demo: bool, init: F) -> ExitCode
 where
     F: AsyncFn(&Config) -> Result<State, BoxError>,
@@ -95,12 +103,13 @@ where
     for warning in config.warnings() {
         tracing::warn!("config: {warning}");
     }
-    let key = match dev_key(dir) {
-        Ok(k) => k,
-        Err(e) => return fail(1, e),
-    };
+    // Bind first: a port in use must not leave a key or an inbox file behind.
     let listener = match bind(&config.server.bind).await {
         Ok(l) => l,
+        Err(e) => return fail(1, e),
+    };
+    let key = match dev_key(dir, true) {
+        Ok(k) => k,
         Err(e) => return fail(1, e),
     };
     let addr = match listener.local_addr() {
@@ -113,27 +122,18 @@ where
     if let Err(e) = config.validate() {
         return fail(2, e);
     }
-    let registry = match build_registry() {
-        Ok(r) => r,
-        Err(e) => return fail(2, e),
-    };
-    let state = match init(&config).await {
-        Ok(s) => s,
-        Err(e) => return fail(1, format!("the init step failed: {e}")),
-    };
-    let webhooks = match Webhooks::open(&config, registry, state).await {
+    let webhooks = match open(&config, init).await {
         Ok(w) => w,
-        Err(e @ StartError::Config(_)) => return fail(2, e),
-        Err(e) => return fail(1, e),
+        Err(code) => return code,
     };
-    println!("kinde-webhooks dev listening on {base}");
-    println!(
+    out!("kinde-webhooks dev listening on {base}");
+    out!(
         "  local issuer: {base} (key {} in {})",
         key.kid(),
         dir.display()
     );
     for route in config.effective_routes() {
-        println!(
+        out!(
             "  webhook route: POST {base}{} accepts {}",
             route.path,
             route.patterns.join(", ")
@@ -152,19 +152,30 @@ where
     let server = tokio::spawn(run_with(listener, webhooks, extra, shutdown_signal()));
     if !demo_events.is_empty() {
         let client = reqwest::Client::new();
-        println!("dev: sending one signed sample event per bundled handler");
+        out!("dev: sending one signed sample event per bundled handler");
         for (event_type, url) in demo_events {
             let claims = samples::sample_claims(&event_type);
             let event_id = claims["event_id"].as_str().unwrap_or_default().to_owned();
             match post(&client, &url, &key.sign(&claims), &new_webhook_id()).await {
                 Ok((status, body, _)) => {
-                    println!("dev: {event_type} {event_id} -> {status} {body}")
+                    out!("dev: {event_type} {event_id} -> {status} {body}")
                 }
-                Err(e) => println!("dev: {event_type} {event_id} -> request failed: {e}"),
+                Err(e) => out!("dev: {event_type} {event_id} -> request failed: {e}"),
             }
         }
-        println!("dev: ready; try `cargo run -- send user.created` in another terminal");
     }
+    // `send` finds the server from the config and KINDE_WEBHOOKS_BIND; say --url when it would not.
+    let route = config
+        .effective_routes()
+        .first()
+        .map(|r| r.path.clone())
+        .unwrap_or_default();
+    let url = format!("{base}{route}");
+    let hint = match load_config(None) {
+        Ok(c) if super::send::default_url(&c, "user.created") == url => String::new(),
+        _ => format!(" --url {url}"),
+    };
+    out!("dev: ready; try `cargo run -- send user.created{hint}` in another terminal");
     match server.await {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => fail(1, format!("server error: {e}")),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::{SendArgs, dev_key, fail, load_config, loopback};
+use super::{SendArgs, dev_key, fail, load_config, loopback, out};
 use crate::config::Config;
 use crate::registry::{Pattern, any_matches};
 use crate::samples;
@@ -35,16 +35,17 @@ pub(super) async fn post(
 }
 
 fn read_payload(source: &str) -> Result<Value, String> {
+    let name = if source == "-" { "stdin" } else { source };
     let text = if source == "-" {
         std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}"))?
     } else {
         std::fs::read_to_string(source).map_err(|e| format!("cannot read {source}: {e}"))?
     };
     let value: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{source} is not JSON: {e}"))?;
+        serde_json::from_str(&text).map_err(|e| format!("{name} is not JSON: {e}"))?;
     if !value.is_object() {
         return Err(format!(
-            "{source} must hold the whole claims object ({{\"type\": ..., \"data\": ...}})"
+            "{name} must hold the whole claims object ({{\"type\": ..., \"data\": ...}})"
         ));
     }
     Ok(value)
@@ -76,7 +77,7 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
     if let Some(id) = &args.event_id {
         claims["event_id"] = id.clone().into();
     }
-    let key = match dev_key(&args.dir) {
+    let key = match dev_key(&args.dir, false) {
         Ok(k) => k,
         Err(e) => return fail(1, e),
     };
@@ -87,7 +88,7 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
     };
     if args.print {
         for (_, token) in (0..args.repeat).map(sign) {
-            println!("{token}");
+            out!("{token}");
         }
         return ExitCode::SUCCESS;
     }
@@ -105,7 +106,7 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
         async move {
             match post(client, url, &token, &webhook_id).await {
                 Ok((status, body, elapsed)) => {
-                    println!(
+                    out!(
                         "{event_type} {event_id} (webhook-id {webhook_id}) -> {status} in {:.1} ms: {body}",
                         elapsed.as_secs_f64() * 1e3
                     );
@@ -130,7 +131,7 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
 }
 
 /// The first route of `config` that accepts `event_type`, on its bind address.
-fn default_url(config: &Config, event_type: &str) -> String {
+pub(super) fn default_url(config: &Config, event_type: &str) -> String {
     let routes = config.effective_routes();
     let route = routes
         .iter()

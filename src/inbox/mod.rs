@@ -9,7 +9,7 @@
 pub mod sqlite;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tracing::field::{Empty, display};
 
 use crate::config::InboxConfig;
 use crate::dispatch::Dispatcher;
@@ -30,6 +31,8 @@ use store::{Finished, Job, JobKey, Outcome};
 
 /// How long to wait after the store failed before trying again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Jobs claimed per worker in one claim: fewer claims (commits) per job under load.
+const CLAIM_AHEAD: usize = 4;
 /// How often finished and skipped events past retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -75,9 +78,12 @@ impl Inbox {
     /// Run workers until `stop` is cancelled; then finish in-flight jobs within the
     /// shutdown grace and hand back (release) any that did not finish.
     pub async fn run(&self, stop: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(self.config.workers.max(1)));
+        let workers = self.config.workers.max(1);
+        let permits = Arc::new(Semaphore::new(workers));
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, JobKey> = HashMap::new();
+        // Claimed jobs waiting for a worker: one claim (one commit) serves several jobs.
+        let mut queue: VecDeque<Job> = VecDeque::new();
         let mut last_purge = Instant::now() - PURGE_EVERY;
         loop {
             while let Some(done) = tasks.try_join_next_with_id() {
@@ -87,23 +93,28 @@ impl Inbox {
                 last_purge = Instant::now();
                 self.purge_expired().await;
             }
-            let free = permits.available_permits();
+            while !queue.is_empty() {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                let Some(job) = queue.pop_front() else { break };
+                let key = job.key.clone();
+                let this = self.clone();
+                let handle = tasks.spawn(async move {
+                    this.run_job(job).await;
+                    drop(permit);
+                });
+                running.insert(handle.id(), key);
+            }
             let mut wait = self.config.poll_interval;
-            if free > 0 {
-                match self.store.claim(free, self.config.lease).await {
+            if queue.is_empty() && permits.available_permits() > 0 {
+                match self
+                    .store
+                    .claim(workers * CLAIM_AHEAD, self.config.lease)
+                    .await
+                {
                     Ok(jobs) if !jobs.is_empty() => {
-                        for job in jobs {
-                            let Ok(permit) = permits.clone().acquire_owned().await else {
-                                break;
-                            };
-                            let key = job.key.clone();
-                            let this = self.clone();
-                            let handle = tasks.spawn(async move {
-                                this.run_job(job).await;
-                                drop(permit);
-                            });
-                            running.insert(handle.id(), key);
-                        }
+                        queue.extend(jobs);
                         continue;
                     }
                     Ok(_) => {
@@ -125,6 +136,13 @@ impl Inbox {
                     running.remove(&done.map(|(id, ())| id).unwrap_or_else(|e| e.id()));
                 }
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Claimed but not started: hand back at once, so the next start runs them.
+        if !queue.is_empty() {
+            let keys: Vec<JobKey> = queue.drain(..).map(|job| job.key).collect();
+            if let Err(e) = self.store.release(keys).await {
+                tracing::warn!(error = %e, "inbox: release failed; the jobs are picked up when their lease expires");
             }
         }
         self.drain(tasks, running).await;
@@ -183,41 +201,44 @@ impl Inbox {
     async fn run_job(&self, job: Job) {
         let started_at = Utc::now();
         let clock = Instant::now();
+        let attempt = job.attempts + 1;
+        // Every line about this attempt, the handler's own included, carries the event's ids.
+        let span = tracing::info_span!("inbox", handler = %job.key.handler, attempt, event_id = Empty,
+            event_type = Empty, webhook_id = %job.webhook_id.as_deref().unwrap_or(""));
         let result = match read_claims(job.claims, job.received_at) {
             Ok((mut event, _, _)) => {
+                span.record("event_id", display(&event.event_id));
+                span.record("event_type", display(&event.event_type));
                 event.delivery.route = job.route;
                 event.delivery.webhook_id = job.webhook_id;
-                let span = tracing::info_span!("inbox", handler = %job.key.handler, event_id = %event.event_id,
-                    event_type = %event.event_type, attempt = job.attempts + 1);
-                match self
+                let run = self
                     .dispatcher
                     .run_named(&job.key.handler, &event)
-                    .instrument(span)
-                    .await
-                {
-                    Some(result) => result,
-                    None => Err(HandlerError::permanent(format!(
+                    .instrument(span.clone())
+                    .await;
+                run.unwrap_or_else(|| {
+                    Err(HandlerError::permanent(format!(
                         "handler {} is not registered",
                         job.key.handler
-                    ))),
-                }
+                    )))
+                })
             }
             Err(e) => Err(HandlerError::permanent(format!(
                 "stored claims are unreadable: {e}"
             ))),
         };
-        let attempt = job.attempts + 1;
+        let _in_span = span.enter();
         let outcome = match result {
             Ok(()) => Outcome::Done,
             Err(e) if e.is_permanent() || attempt >= self.config.max_attempts => {
-                tracing::error!(handler = %job.key.handler, attempt, error = %e, "inbox: dead-lettered");
+                tracing::error!(error = %e, "inbox: dead-lettered; `inbox replay --dead` runs it again");
                 Outcome::Dead {
                     error: e.to_string(),
                 }
             }
             Err(e) => {
                 let delay = backoff(attempt, self.config.retry_base, self.config.retry_cap);
-                tracing::warn!(handler = %job.key.handler, attempt, retry_in = ?delay, error = %e, "inbox: attempt failed");
+                tracing::warn!(retry_in = ?delay, error = %e, "inbox: attempt failed; retrying");
                 let due_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 Outcome::Retry {
                     error: e.to_string(),
@@ -225,13 +246,14 @@ impl Inbox {
                 }
             }
         };
+        drop(_in_span);
         let finished = Finished {
             key: job.key,
             outcome,
             started_at,
             duration: clock.elapsed(),
         };
-        if let Err(e) = self.store.finish(finished).await {
+        if let Err(e) = self.store.finish(finished).instrument(span).await {
             tracing::error!(error = %e, "inbox: cannot record the outcome; the job runs again after its lease");
         }
     }

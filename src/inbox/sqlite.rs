@@ -370,7 +370,7 @@ async fn claim(
     let rows = sqlx::query(
         "UPDATE jobs SET status = 'in_flight', due_at = ?2, lease_until = ?2, updated_at = ?1
          WHERE rowid IN (
-             SELECT rowid FROM jobs WHERE status IN ('pending', 'failed', 'in_flight') AND due_at <= ?1
+             SELECT rowid FROM jobs INDEXED BY jobs_active WHERE status IN ('pending', 'failed', 'in_flight') AND due_at <= ?1
              ORDER BY due_at LIMIT ?3)
          RETURNING event_row, handler, attempts",
     )
@@ -482,7 +482,7 @@ impl Store for SqliteStore {
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(due_at) FROM jobs WHERE status IN ('pending', 'failed', 'in_flight')",
+            "SELECT MIN(due_at) FROM jobs INDEXED BY jobs_active WHERE status IN ('pending', 'failed', 'in_flight')",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -674,5 +674,12 @@ impl Store for SqliteStore {
         depth.oldest_pending_secs =
             oldest.map(|t| (Utc::now() - from_millis(t)).num_milliseconds() as f64 / 1e3);
         Ok(depth)
+    }
+
+    async fn writable(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        Ok(())
     }
 }

@@ -301,4 +301,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Job counts, for readiness and metrics.
     async fn depth(&self) -> Result<Depth, StoreError>;
+
+    /// Whether a write could start now (readiness): the write lock can be taken.
+    async fn writable(&self) -> Result<(), StoreError>;
 }

@@ -9,8 +9,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -47,30 +47,47 @@ pub async fn run_with(
 ) -> std::io::Result<()> {
     webhooks.log_startup();
     let background = webhooks.spawn_background();
+    let metrics = match (
+        &webhooks.shared.metrics.bind,
+        webhooks.shared.metrics.enabled,
+    ) {
+        (Some(bind), true) => {
+            let listener = TcpListener::bind(bind).await?;
+            tracing::info!(addr = %bind, "metrics on http://{bind}/metrics");
+            let router = webhooks.metrics_router();
+            Some(tokio::spawn(
+                async move { axum::serve(listener, router).await },
+            ))
+        }
+        _ => None,
+    };
     let app = webhooks.app().merge(extra);
     serve(listener, app, &webhooks.shared.limits, shutdown).await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     background.shutdown().await;
     Ok(())
 }
 
-/// The accept loop: HTTP/1.1 and HTTP/2, each connection under the head limits, at most
-/// `max_connections` at once (further clients wait in the listen backlog).
+/// The accept loop: HTTP/1.1 (what Kinde speaks), each connection under the head limits,
+/// at most `max_connections` at once (further clients wait in the listen backlog).
+///
+/// HTTP/1 only, on purpose: hyper's HTTP/1 `header_read_timeout` runs from the moment a
+/// connection waits for a request head, the first one included, so a client that connects
+/// and sends nothing is dropped; auto-detecting HTTP/2 would first wait, with no deadline,
+/// for enough bytes to tell the protocols apart.
 async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &LimitsConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let service = app.map_request(|req: Request<Incoming>| req.map(Body::new));
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -99,7 +116,7 @@ async fn serve(
             TokioIo::new(stream),
             TowerToHyperService::new(service.clone()),
         );
-        let conn = graceful.watch(conn.into_owned());
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");

@@ -6,16 +6,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, DeliveryMode, InlineDedup, LimitsConfig};
-use crate::dedup::MemoryDedup;
+use crate::config::{Config, ConfigError, DeliveryMode, InlineDedup, LimitsConfig, MetricsConfig};
+use crate::dedup::{KeyLocks, MemoryDedup};
 use crate::dispatch::Dispatcher;
 use crate::handler::State;
 use crate::inbox::{Inbox, SqliteStore, Store, StoreError};
@@ -49,6 +53,9 @@ struct Shared {
     /// One permit per webhook request being handled: `[limits] max_concurrent_requests`.
     in_flight: Arc<Semaphore>,
     refresh_interval: Duration,
+    metrics: MetricsConfig,
+    /// Inline mode: copies of one delivery arriving together run its handlers once.
+    key_locks: KeyLocks,
 }
 
 #[derive(Debug)]
@@ -145,11 +152,16 @@ impl Webhooks {
         store: Option<Arc<dyn Store>>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
+        if config.metrics.enabled {
+            // Install the recorder before anything is counted (the first JWKS fetch).
+            crate::metrics::handle();
+        }
         let jwks_url = config.jwks_url().ok_or_else(|| ConfigError::Invalid {
             key: "kinde.issuer_url".into(),
             message: "is not set: set KINDE_ISSUER_URL".into(),
         })?;
         let keys = KeyStore::new(jwks_url, config.kinde.jwks_refresh_cooldown);
+        config.check_handler_sections(registry.entries().iter().map(|e| &*e.name))?;
         let dispatcher = Dispatcher::new(registry, state, config.handlers.clone())
             .with_timeout(Some(config.delivery.handler_timeout));
         let needs_store = |what: &str| ConfigError::Invalid {
@@ -203,6 +215,8 @@ impl Webhooks {
                 body_limit: config.server.body_limit,
                 limits: config.limits.clone(),
                 in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+                metrics: config.metrics.clone(),
+                key_locks: KeyLocks::default(),
                 refresh_interval: config.kinde.jwks_refresh_interval,
             }),
         })
@@ -278,10 +292,76 @@ impl Webhooks {
         }
     }
 
-    /// The webhook routes plus `GET /healthz`.
+    /// The webhook routes plus `GET /healthz` (liveness), `GET /readyz` (keys loaded and
+    /// the store writable) and, unless disabled or bound elsewhere, `GET /metrics`.
     pub fn app(&self) -> Router {
-        self.router().route("/healthz", get(|| async { "ok" }))
+        let shared = self.shared.clone();
+        let app = self
+            .router()
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get(move || async move { readiness(&shared).await }),
+            );
+        if self.shared.metrics.enabled && self.shared.metrics.bind.is_none() {
+            app.merge(self.metrics_router())
+        } else {
+            app
+        }
     }
+
+    /// `GET /metrics` alone, for a separate `[metrics] bind`.
+    pub fn metrics_router(&self) -> Router {
+        let shared = self.shared.clone();
+        crate::metrics::handle();
+        Router::new().route(
+            "/metrics",
+            get(move || async move { render_metrics(&shared).await }),
+        )
+    }
+}
+
+/// 200 when signing keys are loaded and (inbox mode) the store takes writes; else 503 with
+/// the reasons, as fixed labels.
+async fn readiness(shared: &Shared) -> Response {
+    let mut reasons = Vec::new();
+    if !shared.verifier.keys().has_keys() {
+        reasons.push("no_signing_keys");
+    }
+    if let Delivery::Inbox(inbox) = &shared.delivery
+        && let Err(e) = inbox.store().writable().await
+    {
+        tracing::warn!(error = %e, "readiness: the store does not take writes");
+        reasons.push("store_not_writable");
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reasons": reasons })),
+        )
+            .into_response()
+    }
+}
+
+/// The Prometheus text, with the gauges read at scrape time.
+async fn render_metrics(shared: &Shared) -> Response {
+    let (age, keys) = shared.verifier.keys().age_and_count();
+    crate::metrics::jwks_state(age, keys);
+    if let Delivery::Inbox(inbox) = &shared.delivery {
+        match inbox.store().depth().await {
+            Ok(depth) => crate::metrics::inbox_depth(&depth),
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read the inbox depth"),
+        }
+    }
+    let handle = crate::metrics::handle();
+    handle.run_upkeep();
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
 }
 
 /// The receiver's background tasks; stop them with [`Background::shutdown`].

@@ -1,5 +1,7 @@
 //! One delivery: read the body, verify, route, then store or dispatch, and answer.
 
+use std::time::Instant;
+
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +14,7 @@ use super::{Dedup, Delivery, Route, Shared, WEBHOOK_ID_HEADER};
 use crate::event::Event;
 use crate::inbox::Inbox;
 use crate::inbox::store::{Enqueued, NewEvent};
+use crate::metrics;
 use crate::registry::any_matches;
 use crate::reply::{self, Rejection};
 
@@ -38,8 +41,15 @@ pub(super) async fn receive(
     .instrument(span.clone())
     .await;
     match outcome {
-        Ok(response) => response,
+        Ok(outcome) => {
+            metrics::request(&route.path, outcome.label());
+            if outcome == Outcome::Duplicate {
+                metrics::dedup_hit(&route.path);
+            }
+            reply::ok()
+        }
         Err(rejection) => {
+            metrics::request(&route.path, rejection.reason());
             let _enter = span.enter();
             let status = rejection.status();
             let reason = rejection.reason();
@@ -49,6 +59,30 @@ pub(super) async fn receive(
                 tracing::info!(status = status.as_u16(), reason, error = %rejection, "webhook refused");
             }
             rejection.into_response()
+        }
+    }
+}
+
+/// How an acknowledged (200) delivery ended, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Stored (inbox) or handled by every matching handler (inline).
+    Ok,
+    /// Already stored or handled: nothing run again.
+    Duplicate,
+    /// The route does not accept the type.
+    Unrouted,
+    /// No handler matches the type (stored as skipped in inbox mode).
+    Unhandled,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Unrouted => "unrouted",
+            Outcome::Unhandled => "unhandled",
         }
     }
 }
@@ -81,10 +115,13 @@ async fn handle(
     route: &Route,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, Rejection> {
+) -> Result<Outcome, Rejection> {
     let body = read_body(shared, body).await?;
     let token = std::str::from_utf8(&body).map_err(|_| Rejection::UnreadableBody)?;
-    let mut event = shared.verifier.verify(token).await?;
+    let started = Instant::now();
+    let verified = shared.verifier.verify(token).await;
+    metrics::verified(started.elapsed());
+    let mut event = verified?;
     event.delivery.webhook_id = headers
         .get(WEBHOOK_ID_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -107,7 +144,7 @@ async fn handle(
                 tracing::info!(
                     "event type not accepted on this route; acknowledged, not dispatched"
                 );
-                return Ok(reply::ok());
+                return Ok(Outcome::Unrouted);
             }
             handle_inline(shared, dedup, &event).await
         }
@@ -120,7 +157,7 @@ async fn store_event(
     inbox: &Inbox,
     event: Event,
     routed: bool,
-) -> Result<Response, Rejection> {
+) -> Result<Outcome, Rejection> {
     let handlers = if routed {
         shared
             .dispatcher
@@ -142,18 +179,22 @@ async fn store_event(
         handlers,
     };
     match inbox.store().enqueue(new).await {
-        Ok(Enqueued::Stored) => {
-            if skipped {
-                tracing::info!(routed, "no handler for this event; stored as skipped");
+        Ok(Enqueued::Stored) if skipped => {
+            tracing::info!(routed, "no handler for this event; stored as skipped");
+            Ok(if routed {
+                Outcome::Unhandled
             } else {
-                inbox.wake();
-                tracing::info!("event stored");
-            }
-            Ok(reply::ok())
+                Outcome::Unrouted
+            })
+        }
+        Ok(Enqueued::Stored) => {
+            inbox.wake();
+            tracing::info!("event stored");
+            Ok(Outcome::Ok)
         }
         Ok(Enqueued::Duplicate) => {
             tracing::info!("duplicate delivery; already stored");
-            Ok(reply::ok())
+            Ok(Outcome::Duplicate)
         }
         Err(e) => Err(Rejection::StoreUnavailable(e.to_string())),
     }
@@ -164,8 +205,13 @@ async fn handle_inline(
     shared: &Shared,
     dedup: &Dedup,
     event: &Event,
-) -> Result<Response, Rejection> {
+) -> Result<Outcome, Rejection> {
     let (route, id) = (event.delivery.route.as_str(), event.event_id.as_str());
+    // Held until the key is recorded: a concurrent copy waits, then finds it handled.
+    let _key = match dedup {
+        Dedup::Off => None,
+        _ => Some(shared.key_locks.lock(route, id).await),
+    };
     let seen = match dedup {
         Dedup::Off => false,
         Dedup::Memory(set) => set.seen(route, id),
@@ -176,7 +222,7 @@ async fn handle_inline(
     };
     if seen {
         tracing::info!("duplicate delivery; handlers not run again");
-        return Ok(reply::ok());
+        return Ok(Outcome::Duplicate);
     }
     let report = shared.dispatcher.dispatch(event).await;
     if report.unhandled() {
@@ -201,5 +247,9 @@ async fn handle_inline(
             }
         }
     }
-    Ok(reply::ok())
+    Ok(if report.unhandled() {
+        Outcome::Unhandled
+    } else {
+        Outcome::Ok
+    })
 }

@@ -7,6 +7,7 @@ mod forged;
 mod hostile;
 mod inbox;
 mod keys;
+mod metrics;
 mod registry;
 mod routes;
 mod subscriptions;

@@ -100,6 +100,7 @@ struct SendArgs {
     #[arg(long, default_value_t = 1)]
     concurrency: u32,
     /// Print the signed tokens, one per line, instead of sending them (for load tools).
+    /// Creates the dev key when there is none yet, as `dev` would.
     #[arg(long)]
     print: bool,
     /// Where the dev signing key is kept.

@@ -77,7 +77,7 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
     if let Some(id) = &args.event_id {
         claims["event_id"] = id.clone().into();
     }
-    let key = match dev_key(&args.dir, false) {
+    let key = match dev_key(&args.dir, args.print) {
         Ok(k) => k,
         Err(e) => return fail(1, e),
     };

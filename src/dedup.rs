@@ -54,12 +54,15 @@ impl Drop for KeyGuard<'_> {
 #[derive(Debug)]
 pub struct MemoryDedup {
     capacity: usize,
-    inner: Mutex<(HashSet<[u8; 16]>, VecDeque<[u8; 16]>)>,
+    inner: Mutex<Recent>,
 }
 
 fn key(route: &str, event_id: &str) -> String {
     format!("{route}\n{event_id}")
 }
+
+/// The keys held, and their order of arrival for eviction.
+type Recent = (HashSet<[u8; 16]>, VecDeque<[u8; 16]>);
 
 /// The memory dedup keeps 16 bytes of SHA-256 per key instead of the strings: a 100,000-key
 /// set then costs a few MiB, and a collision (2^-128 per pair) is out of reach.

@@ -287,8 +287,8 @@ impl UnverifiedToken<'_> {
         now: DateTime<Utc>,
         max_event_age: Option<Duration>,
     ) -> Result<Event, VerifyError> {
-        // base64 holds 3 bytes in 4 characters: refuse before decoding anything large.
-        if self.payload.len() / 4 * 3 > self.limits.max_payload_bytes {
+        // base64 holds 3 bytes in 4 characters (padding aside): refuse, exactly, before decoding.
+        if self.payload.trim_end_matches('=').len() * 3 / 4 > self.limits.max_payload_bytes {
             return Err(VerifyError::PayloadTooLarge);
         }
         let bytes = B64

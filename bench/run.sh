@@ -29,6 +29,8 @@
 #   6. after each inbox run: stops the server (graceful) and counts the stored events by
 #      status with `kinde-webhooks inbox list --json`, against the 200s wrk saw;
 #   7. prints the summary (markdown) and writes it to bench/results-latest.md.
+#   8. draws it as chart.svg beside the results file with bench/chart.py (needs python3;
+#      only warns without it).
 #
 # Knobs (environment): DURATION=10 (seconds per wrk run), CONNS="8 64", WRK_THREADS=2,
 # TOKENS_N=240000 (tokens in the pool; every run draws from it once), FSYNC_TOOL=perf-trace|perf|strace,
@@ -549,3 +551,4 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; 
 mv "$OUT.tmp" "$OUT"
 cat "$OUT"
 log "written to $OUT"
+if command -v python3 >/dev/null; then python3 "$ROOT/bench/chart.py" "$OUT" "$(dirname "$OUT")/chart.svg" || log "warning: bench/chart.py failed; chart not redrawn"; else log "warning: python3 is missing; chart not redrawn (bench/chart.py)"; fi

@@ -579,7 +579,9 @@ impl Store for SqliteStore {
         };
         // Only dead jobs are reset by --dead; a named event re-runs all of its handlers.
         let reset_only_dead = matches!(target, ReplayTarget::Dead);
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock up front (waiting out busy_timeout), rather than
+        // fail with SQLITE_BUSY when a read transaction cannot be upgraded.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let events = sqlx::query(select).bind(arg).fetch_all(&mut *tx).await?;
         let now = millis(Utc::now());
         let mut scheduled = 0;
@@ -608,7 +610,9 @@ impl Store for SqliteStore {
 
     async fn purge(&self, before: DateTime<Utc>, include_dead: bool) -> Result<u64, StoreError> {
         let before = millis(before);
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock up front (waiting out busy_timeout), rather than
+        // fail with SQLITE_BUSY when a read transaction cannot be upgraded.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let r = sqlx::query(
             "DELETE FROM events WHERE received_at < ?1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = events.id
                  AND j.status <> 'done' AND (?2 = 0 OR j.status <> 'dead'))",

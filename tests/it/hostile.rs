@@ -1843,20 +1843,30 @@ impl Captured {
     }
 }
 
+/// The `it` binary's one global subscriber: everything `kinde_webhooks` logs, at TRACE,
+/// from every thread. (A thread-local subscriber misses events whose callsites other
+/// tests' threads cached as uninteresting under `cargo test`.)
+fn global_logs() -> &'static Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("kinde_webhooks=trace"))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("the only global subscriber of the it binary");
+        captured
+    })
+}
+
 /// Everything the receiver logs at TRACE while it accepts and refuses tokens: no token,
-/// and no segment of one, appears. A current-thread runtime keeps the server's tasks on
-/// this thread, under this test's subscriber, whatever the test runner.
+/// and no segment of one, appears.
 #[tokio::test(flavor = "current_thread")]
 async fn no_token_reaches_the_logs() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
+    let captured = global_logs();
     let (key, attacker) = (key(), key());
     let jwks = JwksServer::start(&[&key]).await;
     let all = Recorder::new();

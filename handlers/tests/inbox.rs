@@ -14,8 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{BIN, serve_jwks};
+use kinde_webhooks::Registry;
 use kinde_webhooks::samples::sample_claims;
+// Linked so the registry below sees the same handlers as the binary.
 use kinde_webhooks::signing::{SigningKey, new_webhook_id};
+use kinde_webhooks_handlers as _;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -27,6 +30,22 @@ const HANDLED: Duration = Duration::from_secs(30);
 /// `[inbox] shutdown_grace` in the test configuration.
 const GRACE: Duration = Duration::from_secs(2);
 const OK_BODY: &str = r#"{"status":"ok"}"#;
+
+/// How many jobs one user.created event gets: the bundled handler, plus any a user added.
+fn user_created_jobs() -> usize {
+    Registry::from_inventory()
+        .expect("handlers linked")
+        .handlers_for("user.created")
+        .count()
+}
+
+/// The bundled user.created handler's job in `inbox show --json` output.
+fn bundled_job(shown: &Value) -> &Value {
+    shown[0]["jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["handler"] == "log-user-created"))
+        .expect("the bundled log-user-created job")
+}
 
 /// A tempdir holding a config (inbox mode, `inbox.db` beside it) and a JWKS served by the test.
 struct Fixture {
@@ -595,7 +614,10 @@ async fn inbox_commands_over_a_real_store() {
     let out = fx.cli_ok(&["inbox", "replay", &user_id]);
     assert_eq!(
         out.trim(),
-        "scheduled 1 job(s); the running server picks them up"
+        format!(
+            "scheduled {} job(s); the running server picks them up",
+            user_created_jobs()
+        )
     );
     let deadline = Instant::now() + HANDLED;
     while server.handled().get(&user_id) != Some(&2) {
@@ -636,10 +658,11 @@ async fn inbox_commands_over_a_real_store() {
                 .filter(|v| v.get("scheduled").is_some())
         })
         .unwrap_or_else(|| panic!("no JSON summary in:\n{stdout}"));
-    assert_eq!(summary, json!({"scheduled": 1, "ran_here": 1}));
+    let n = user_created_jobs();
+    assert_eq!(summary, json!({"scheduled": n, "ran_here": n}));
     let shown: Value =
         serde_json::from_str(&fx.cli_ok(&["inbox", "show", &user_id, "--json"])).unwrap();
-    let job = &shown[0]["jobs"][0];
+    let job = bundled_job(&shown);
     assert_eq!(job["handler"], "log-user-created");
     assert_eq!(job["status"], "done");
     assert_eq!(
@@ -679,7 +702,10 @@ async fn inbox_replay_without_a_server_shows_the_handler_log() {
     );
     assert!(out.status.success(), "{output}");
     assert!(
-        output.contains(r#"{"ran_here":1,"scheduled":1}"#),
+        output.contains(&format!(
+            r#"{{"ran_here":{n},"scheduled":{n}}}"#,
+            n = user_created_jobs()
+        )),
         "{output}"
     );
     let lines: Vec<String> = output.lines().map(str::to_owned).collect();
@@ -748,11 +774,12 @@ async fn a_duplicate_across_a_restart_is_handled_once() {
     let counts = handled(first_run.iter().chain(&second_run));
     assert_eq!(counts.get(&id), Some(&1), "handled once across both runs");
 
-    let shown: Value = serde_json::from_str(&fx.cli_ok(&["inbox", "show", &id, "--json"])).unwrap();
-    let shown = shown.as_array().unwrap();
+    let shown_json: Value =
+        serde_json::from_str(&fx.cli_ok(&["inbox", "show", &id, "--json"])).unwrap();
+    let shown = shown_json.as_array().unwrap();
     assert_eq!(shown.len(), 1, "stored once: {shown:?}");
     assert_eq!(shown[0]["webhook_id"], "msg_first");
     assert_eq!(shown[0]["status"], "done");
-    let history = shown[0]["jobs"][0]["history"].as_array().unwrap();
+    let history = bundled_job(&shown_json)["history"].as_array().unwrap();
     assert_eq!(history.len(), 1, "one attempt: {history:?}");
 }

@@ -189,6 +189,63 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The HTTP client JWKS fetches use: connect and total timeouts, no redirects (keys come
+/// from the configured URL only).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(FETCH_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
+}
+
+/// Fetch and parse the JWKS at `url` under the size cap, with the response's
+/// `Cache-Control: max-age`.
+pub async fn fetch_key_set(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<(HashMap<String, DecodingKey>, Option<Duration>), JwksError> {
+    let url = &url.to_owned();
+    let request = |source| JwksError::Request {
+        url: url.clone(),
+        source,
+    };
+    let mut response = client.get(url).send().await.map_err(request)?;
+    if !response.status().is_success() {
+        return Err(JwksError::Status {
+            url: url.clone(),
+            status: response.status().as_u16(),
+        });
+    }
+    let max_age = response
+        .headers()
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(cache_max_age);
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+    {
+        return Err(JwksError::TooLarge(url.clone()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(request)? {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(JwksError::TooLarge(url.clone()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let keys = parse_jwks(&body).map_err(|message| JwksError::Invalid {
+        url: url.clone(),
+        message,
+    })?;
+    if keys.is_empty() {
+        return Err(JwksError::NoUsableKeys(url.clone()));
+    }
+    Ok((keys, max_age))
+}
+
 /// `max-age` from a `Cache-Control` value; `no-cache`/`no-store` count as 0.
 pub fn cache_max_age(value: &str) -> Option<Duration> {
     let mut age = None;
@@ -211,12 +268,7 @@ pub fn cache_max_age(value: &str) -> Option<Duration> {
 impl KeyStore {
     /// A store for the JWKS at `url`, holding no keys until the first fetch.
     pub fn new(url: impl Into<String>, cooldown: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+        let client = client();
         Self {
             inner: Arc::new(Inner {
                 url: url.into(),
@@ -323,7 +375,7 @@ impl KeyStore {
     /// Fetch and swap in the key set; `_locked` proves the caller holds the fetch lock.
     async fn fetch_locked(&self, _locked: &mut FetchState) -> Result<usize, JwksError> {
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
-        let result = self.download().await;
+        let result = fetch_key_set(&self.inner.client, &self.inner.url).await;
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
         crate::metrics::jwks_fetch(result.is_ok());
         let (keys, max_age) = result?;
@@ -336,49 +388,6 @@ impl KeyStore {
         *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         tracing::info!(url = %self.inner.url, keys = count, "JWKS loaded");
         Ok(count)
-    }
-
-    async fn download(
-        &self,
-    ) -> Result<(HashMap<String, DecodingKey>, Option<Duration>), JwksError> {
-        let url = &self.inner.url;
-        let request = |source| JwksError::Request {
-            url: url.clone(),
-            source,
-        };
-        let mut response = self.inner.client.get(url).send().await.map_err(request)?;
-        if !response.status().is_success() {
-            return Err(JwksError::Status {
-                url: url.clone(),
-                status: response.status().as_u16(),
-            });
-        }
-        let max_age = response
-            .headers()
-            .get(reqwest::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(cache_max_age);
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-        {
-            return Err(JwksError::TooLarge(url.clone()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(request)? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(JwksError::TooLarge(url.clone()));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let keys = parse_jwks(&body).map_err(|message| JwksError::Invalid {
-            url: url.clone(),
-            message,
-        })?;
-        if keys.is_empty() {
-            return Err(JwksError::NoUsableKeys(url.clone()));
-        }
-        Ok((keys, max_age))
     }
 
     /// When to refresh next: the JWKS's `max-age` within [`MIN_REFRESH`, `interval`], else

@@ -241,3 +241,57 @@ fn handlers_command_prints_the_table() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_explains_the_verdict_step_by_step() {
+    let key = SigningKey::generate().unwrap();
+    let issuer = serve_jwks(&key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |token: String| {
+        let (dir, issuer) = (dir.path().to_owned(), issuer.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["verify", &token, "--issuer", &issuer])
+                .current_dir(dir)
+                .output()
+                .unwrap()
+        })
+    };
+    let token = key.sign(&sample_claims("user.created"));
+
+    let out = verify(token.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for step in [
+        "✓ header: alg RS256",
+        "✓ kid found",
+        "✓ signature verifies",
+        "✓ payload: type user.created",
+    ] {
+        assert!(stdout.contains(step), "{step:?} in:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("handlers that would run: log-user-created"),
+        "{stdout}"
+    );
+
+    let mut forged = token.clone().into_bytes();
+    let i = forged.len() - 5;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let out = verify(String::from_utf8(forged).unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("✗ signature"), "{stdout}");
+
+    let other = SigningKey::generate().unwrap();
+    let out = verify(other.sign(&sample_claims("user.created")))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("is not in that key set"), "{stdout}");
+
+    let out = verify("a.b".to_owned()).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("✗ header"));
+}

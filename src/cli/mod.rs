@@ -4,16 +4,18 @@
 //! the user's start-up step that builds the application state handlers read.
 //!
 //! Exit codes: 0 success; 1 the work failed (the server stopped on an error, `send` got a
-//! non-2xx answer, the store could not be read); 2 the command line or the configuration
+//! non-2xx answer, the store could not be read, `verify` refused the token); 2 the command line or the configuration
 //! is wrong.
 //!
 //! - `run`: `serve` and `dev`.
 //! - `send`: sign and POST events.
 //! - `inbox`: list, show, replay and purge stored events.
+//! - `verify`: explain a token's verdict step by step.
 
 mod inbox;
 mod run;
 mod send;
+mod verify;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,22 @@ enum Command {
     Send(SendArgs),
     /// Print the handler table: pattern -> handler (module).
     Handlers,
+    /// Verify a token offline and explain the verdict step by step: header, alg, kid and
+    /// where the keys came from, signature, payload, and which routes and handlers would
+    /// take it. The command for "why does my webhook get 401".
+    Verify {
+        /// The token; `-` or nothing reads it from stdin.
+        token: Option<String>,
+        /// Fetch the keys from this JWKS URL.
+        #[arg(long, conflicts_with_all = ["jwks_file", "issuer"])]
+        jwks_url: Option<String>,
+        /// Read the keys from this JWKS file.
+        #[arg(long, conflicts_with = "issuer")]
+        jwks_file: Option<PathBuf>,
+        /// Fetch the keys from `<issuer>/.well-known/jwks.json` [default: the config's].
+        #[arg(long)]
+        issuer: Option<String>,
+    },
     /// Inspect and operate the durable inbox: list, show, replay, purge.
     #[command(subcommand)]
     Inbox(InboxCommand),
@@ -186,6 +204,23 @@ where
             Command::Send(args) => send::send(config, args).await,
             Command::Handlers => handlers(),
             Command::Inbox(command) => inbox::run(config, command, init).await,
+            Command::Verify {
+                token,
+                jwks_url,
+                jwks_file,
+                issuer,
+            } => {
+                let keys = match (jwks_url, jwks_file, issuer) {
+                    (Some(url), _, _) => Some(verify::KeySource::Url(url)),
+                    (_, Some(file), _) => Some(verify::KeySource::File(file)),
+                    (_, _, Some(issuer)) => Some(verify::KeySource::Url(format!(
+                        "{}/.well-known/jwks.json",
+                        issuer.trim_end_matches('/')
+                    ))),
+                    _ => None,
+                };
+                verify::verify(config, token, keys).await
+            }
         }
     })
 }

@@ -1,0 +1,159 @@
+//! `verify` and `check`: explain why a token is (not) accepted, and check a set-up.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::Utc;
+
+use super::{build_registry, fail, load_config, out};
+use crate::jwks::{client, fetch_key_set, parse_jwks};
+use crate::registry::{Pattern, any_matches};
+use crate::verify::{TokenLimits, parse_with};
+
+/// Where `verify` takes the signing keys from.
+#[derive(Debug)]
+pub(super) enum KeySource {
+    /// A JWKS URL to fetch.
+    Url(String),
+    /// A JWKS document on disk.
+    File(PathBuf),
+}
+
+/// Verify `token` (or stdin for `-` / none) step by step, saying what passed and what not.
+pub(super) async fn verify(
+    config: Option<PathBuf>,
+    token: Option<String>,
+    keys: Option<KeySource>,
+) -> ExitCode {
+    let token = match token.as_deref() {
+        Some(t) if t != "-" => t.to_owned(),
+        _ => {
+            let mut text = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+                return fail(2, format!("cannot read the token from stdin: {e}"));
+            }
+            text
+        }
+    };
+    let config = load_config(config).unwrap_or_default();
+    let keys = keys.or_else(|| config.jwks_url().map(KeySource::Url));
+    let Some(keys) = keys else {
+        return fail(
+            2,
+            "say where the keys are: --jwks-url URL, --jwks-file FILE, --issuer URL, or KINDE_ISSUER_URL",
+        );
+    };
+    out!("token: {} bytes", token.trim_ascii().len());
+
+    // 1. Header.
+    let parsed = match parse_with(&token, TokenLimits::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            out!("✗ header: {e}");
+            out!(
+                "  Kinde's header is {{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"<colon-hex>\"}} over base64url segments"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    out!("✓ header: alg RS256, kid {:?}", parsed.kid());
+
+    // 2. Keys.
+    let (where_, found) = match &keys {
+        KeySource::File(path) => match std::fs::read(path) {
+            Ok(text) => (path.display().to_string(), parse_jwks(&text)),
+            Err(e) => return fail(2, format!("cannot read {}: {e}", path.display())),
+        },
+        KeySource::Url(url) => match fetch_key_set(&client(), url).await {
+            Ok((keys, _)) => (url.clone(), Ok(keys)),
+            Err(e) => {
+                out!("✗ keys: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let keys = match found {
+        Ok(k) => k,
+        Err(e) => {
+            out!("✗ keys: {where_} is not a JWKS: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut kids: Vec<&String> = keys.keys().collect();
+    kids.sort();
+    out!(
+        "  keys from {where_}: {} signing key(s): {kids:?}",
+        keys.len()
+    );
+    let Some(key) = keys.get(parsed.kid()) else {
+        out!(
+            "✗ kid {:?} is not in that key set: the token was signed by another tenant or environment, or the key rotated",
+            parsed.kid()
+        );
+        return ExitCode::from(1);
+    };
+    out!("✓ kid found");
+
+    // 3. Signature.
+    if let Err(e) = parsed.check_signature(key) {
+        out!(
+            "✗ signature: {e} (the token was changed after signing, or signed by another key with the same kid)"
+        );
+        return ExitCode::from(1);
+    }
+    out!("✓ signature verifies (RS256)");
+
+    // 4. Payload.
+    let event = match parsed.into_event(Utc::now(), config.kinde.max_event_age) {
+        Ok(e) => e,
+        Err(e) => {
+            out!("✗ payload: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    out!(
+        "✓ payload: type {}, event_id {}, timestamp {}, source {:?}",
+        event.event_type,
+        event.event_id,
+        event.timestamp,
+        event.source
+    );
+
+    // 5. Who would run it.
+    for route in config.effective_routes() {
+        let patterns: Vec<Pattern> = route
+            .patterns
+            .iter()
+            .filter_map(|p| Pattern::parse(p).ok())
+            .collect();
+        let accepted = any_matches(&patterns, &event.event_type);
+        out!(
+            "  route {}: {}",
+            route.path,
+            if accepted {
+                "accepts it"
+            } else {
+                "does not accept it (acknowledged, not dispatched)"
+            }
+        );
+    }
+    match build_registry() {
+        Ok(registry) => {
+            let names: Vec<String> = registry
+                .handlers_for(&event.event_type)
+                .map(|e| e.name.to_string())
+                .collect();
+            if names.is_empty() {
+                out!(
+                    "  handlers: none match {} (it would be acknowledged and stored as skipped)",
+                    event.event_type
+                );
+            } else {
+                out!("  handlers that would run: {}", names.join(", "));
+            }
+        }
+        Err(e) => out!("  handlers: {e}"),
+    }
+    ExitCode::SUCCESS
+}

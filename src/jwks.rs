@@ -175,7 +175,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, DecodingKey>, String> {
 
 /// An error with its causes, `outer: inner: root`: reqwest keeps "connection refused" in
 /// the source chain, not in its own message.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -295,3 +295,44 @@ async fn verify_explains_the_verdict_step_by_step() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("✗ header"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_validates_the_config_and_reaches_the_jwks() {
+    let key = SigningKey::generate().unwrap();
+    let issuer = serve_jwks(&key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let check = |issuer: Option<String>| {
+        let dir = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("check")
+                .current_dir(dir)
+                .env_remove("KINDE_ISSUER_URL");
+            if let Some(issuer) = issuer {
+                cmd.env("KINDE_ISSUER_URL", issuer);
+            }
+            cmd.output().unwrap()
+        })
+    };
+    let out = check(Some(issuer)).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("1 signing key(s)") && stdout.contains(key.kid()),
+        "{stdout}"
+    );
+
+    // Nothing listens on port 9 of loopback: the JWKS cannot be reached.
+    let out = check(Some("http://127.0.0.1:9".to_owned())).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("✗ JWKS"));
+
+    let out = check(None).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KINDE_ISSUER_URL"));
+}

@@ -71,6 +71,8 @@ enum Command {
     Send(SendArgs),
     /// Print the handler table: pattern -> handler (module).
     Handlers,
+    /// Validate the configuration and the handler registry, and reach the JWKS once.
+    Check,
     /// Verify a token offline and explain the verdict step by step: header, alg, kid and
     /// where the keys came from, signature, payload, and which routes and handlers would
     /// take it. The command for "why does my webhook get 401".
@@ -204,6 +206,7 @@ where
             Command::Send(args) => send::send(config, args).await,
             Command::Handlers => handlers(),
             Command::Inbox(command) => inbox::run(config, command, init).await,
+            Command::Check => verify::check(config).await,
             Command::Verify {
                 token,
                 jwks_url,

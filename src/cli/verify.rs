@@ -68,7 +68,7 @@ pub(super) async fn verify(
         KeySource::Url(url) => match fetch_key_set(&client(), url).await {
             Ok((keys, _)) => (url.clone(), Ok(keys)),
             Err(e) => {
-                out!("✗ keys: {e}");
+                out!("✗ keys: {}", crate::jwks::error_chain(&e));
                 return ExitCode::from(1);
             }
         },
@@ -156,4 +156,46 @@ pub(super) async fn verify(
         Err(e) => out!("  handlers: {e}"),
     }
     ExitCode::SUCCESS
+}
+
+/// Validate the configuration and reach the JWKS once; exit 0 only when both work.
+pub(super) async fn check(config: Option<PathBuf>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e),
+    };
+    if let Err(e) = config.validate() {
+        return fail(2, e);
+    }
+    out!("✓ configuration is valid");
+    for warning in config.warnings() {
+        out!("! {warning}");
+    }
+    match build_registry().and_then(|r| {
+        config
+            .check_handler_sections(r.entries().iter().map(|e| &*e.name))
+            .map(|()| r)
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(registry) => out!("✓ {} handler(s) registered", registry.entries().len()),
+        Err(e) => return fail(2, e),
+    }
+    let Some(url) = config.jwks_url() else {
+        return fail(2, "no JWKS URL: set KINDE_ISSUER_URL");
+    };
+    match fetch_key_set(&client(), &url).await {
+        Ok((keys, max_age)) => {
+            let mut kids: Vec<&String> = keys.keys().collect();
+            kids.sort();
+            out!(
+                "✓ JWKS {url}: {} signing key(s) {kids:?}, max-age {max_age:?}",
+                keys.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            out!("✗ JWKS {url}: {}", crate::jwks::error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
 }

@@ -81,6 +81,12 @@ impl SigningKey {
         Self { pair, kid }
     }
 
+    /// The same key under another `kid` (to test what a receiver does with it).
+    pub fn with_kid(mut self, kid: String) -> Self {
+        self.kid = kid;
+        self
+    }
+
     /// The key as PKCS#8 PEM, to keep it on disk.
     pub fn to_pem(&self) -> Result<String, SigningError> {
         let der = self.pair.as_der().map_err(|_| SigningError::Generate)?;

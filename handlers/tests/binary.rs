@@ -192,6 +192,26 @@ async fn dev_demonstrates_the_flow_and_send_reaches_it() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // --kid signs under another kid: the receiver does not know it (401), `send` exits 1.
+    let out = send(&["send", "user.created", "--url", &url, "--kid", "aa:bb"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(r#"401"#));
+    // --key signs with any PEM: here the dev key's own file, so it verifies.
+    let pem = Path::new(keys).join("signing-key.pem");
+    let out = send(&[
+        "send",
+        "user.created",
+        "--url",
+        &url,
+        "--key",
+        pem.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     // A receiver that refuses the event makes `send` exit 1.
     let out = send(&["send", "user.created", "--url", &format!("{base}/nope")]);
     assert_eq!(out.status.code(), Some(1));

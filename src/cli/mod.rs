@@ -126,6 +126,12 @@ struct SendArgs {
     /// Where the dev signing key is kept.
     #[arg(long, env = "KINDE_WEBHOOKS_DEV_DIR", default_value = DEFAULT_DEV_DIR)]
     dir: PathBuf,
+    /// Sign with this PKCS#8 PEM private key instead of the dev key.
+    #[arg(long, value_name = "PEM")]
+    key: Option<PathBuf>,
+    /// The `kid` to put in the header [default: the key's colon-hex fingerprint].
+    #[arg(long)]
+    kid: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::registry::{Pattern, any_matches};
 use crate::samples;
 use crate::server::WEBHOOK_ID_HEADER;
-use crate::signing::{complete_claims, new_webhook_id};
+use crate::signing::{SigningKey, complete_claims, new_webhook_id};
 
 pub(super) async fn post(
     client: &reqwest::Client,
@@ -77,7 +77,19 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
     if let Some(id) = &args.event_id {
         claims["event_id"] = id.clone().into();
     }
-    let key = match dev_key(&args.dir, args.print) {
+    let key = match &args.key {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|pem| {
+                SigningKey::from_pem(&pem, args.kid.clone())
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }),
+        None => dev_key(&args.dir, args.print).map(|key| match &args.kid {
+            Some(kid) => key.with_kid(kid.clone()),
+            None => key,
+        }),
+    };
+    let key = match key {
         Ok(k) => k,
         Err(e) => return fail(1, e),
     };

@@ -285,6 +285,17 @@ pub struct RouteConfig {
     pub patterns: Vec<String>,
 }
 
+impl RouteConfig {
+    /// Whether this route accepts `event_type` (patterns that do not parse match nothing;
+    /// `validate` refuses them).
+    pub fn accepts(&self, event_type: &str) -> bool {
+        self.patterns
+            .iter()
+            .filter_map(|p| Pattern::parse(p).ok())
+            .any(|p| p.matches(event_type))
+    }
+}
+
 fn all_patterns() -> Vec<String> {
     vec!["*".into()]
 }
@@ -830,6 +841,16 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_route_accepts_what_its_patterns_match() {
+        let route = RouteConfig {
+            path: "/u".into(),
+            patterns: vec!["user.*".into(), "role.created".into()],
+        };
+        assert!(route.accepts("user.created") && route.accepts("role.created"));
+        assert!(!route.accepts("role.deleted") && !route.accepts("organization.created"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::dispatch::Dispatcher;
 use crate::handler::{BoxError, State};
 use crate::inbox::store::{EventDetail, EventStatus, ListFilter, ReplayTarget};
 use crate::inbox::{Inbox, SqliteStore, Store};
-use crate::registry::{Pattern, Registry, any_matches};
+use crate::registry::Registry;
 use crate::telemetry::{self, Output};
 
 pub(super) async fn run<F>(config: Option<PathBuf>, command: InboxCommand, init: F) -> ExitCode
@@ -241,24 +241,12 @@ where
     F: AsyncFn(&Config) -> Result<State, BoxError>,
 {
     let registry = build_registry()?;
-    let routes: Vec<(String, Vec<Pattern>)> = config
-        .effective_routes()
-        .into_iter()
-        .map(|r| {
-            (
-                r.path,
-                r.patterns
-                    .iter()
-                    .filter_map(|p| Pattern::parse(p).ok())
-                    .collect(),
-            )
-        })
-        .collect();
+    let routes = config.effective_routes();
     let matcher = |route: &str, event_type: &str| -> Vec<String> {
         let accepted = routes
             .iter()
-            .find(|(path, _)| path == route)
-            .is_none_or(|(_, p)| any_matches(p, event_type));
+            .find(|r| r.path == route)
+            .is_none_or(|r| r.accepts(event_type));
         if !accepted {
             return Vec::new();
         }

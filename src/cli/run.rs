@@ -12,7 +12,7 @@ use super::{build_registry, dev_key, fail, load_config, loopback, out};
 use crate::EventType;
 use crate::config::Config;
 use crate::handler::{BoxError, State};
-use crate::registry::{Pattern, Registry, any_matches};
+use crate::registry::{Pattern, Registry};
 use crate::samples;
 use crate::server::{StartError, Webhooks, run_with};
 use crate::signing::new_webhook_id;
@@ -202,14 +202,7 @@ fn demo_plan(registry: &Registry, config: &Config, base: &str) -> Vec<(String, S
                 Pattern::All => None,
             })
             .unwrap_or_else(|| "user.created".to_owned());
-        let route = routes.iter().find(|r| {
-            let patterns: Vec<Pattern> = r
-                .patterns
-                .iter()
-                .filter_map(|p| Pattern::parse(p).ok())
-                .collect();
-            any_matches(&patterns, &event_type)
-        });
+        let route = routes.iter().find(|r| r.accepts(&event_type));
         if let Some(route) = route
             && !plan.iter().any(|(t, _)| *t == event_type)
         {

@@ -9,7 +9,6 @@ use serde_json::Value;
 
 use super::{SendArgs, dev_key, fail, load_config, loopback, out};
 use crate::config::Config;
-use crate::registry::{Pattern, any_matches};
 use crate::samples;
 use crate::server::WEBHOOK_ID_HEADER;
 use crate::signing::{SigningKey, complete_claims, new_webhook_id};
@@ -147,14 +146,7 @@ pub(super) fn default_url(config: &Config, event_type: &str) -> String {
     let routes = config.effective_routes();
     let route = routes
         .iter()
-        .find(|r| {
-            let patterns: Vec<Pattern> = r
-                .patterns
-                .iter()
-                .filter_map(|p| Pattern::parse(p).ok())
-                .collect();
-            any_matches(&patterns, event_type)
-        })
+        .find(|r| r.accepts(event_type))
         .unwrap_or(&routes[0]);
     let addr = config
         .bind_addr()

@@ -8,7 +8,6 @@ use chrono::Utc;
 
 use super::{build_registry, fail, load_config, out};
 use crate::jwks::{client, fetch_key_set, parse_jwks};
-use crate::registry::{Pattern, any_matches};
 use crate::verify::{TokenLimits, parse_with};
 
 /// Where `verify` takes the signing keys from.
@@ -122,12 +121,7 @@ pub(super) async fn verify(
 
     // 5. Who would run it.
     for route in config.effective_routes() {
-        let patterns: Vec<Pattern> = route
-            .patterns
-            .iter()
-            .filter_map(|p| Pattern::parse(p).ok())
-            .collect();
-        let accepted = any_matches(&patterns, &event.event_type);
+        let accepted = route.accepts(&event.event_type);
         out!(
             "  route {}: {}",
             route.path,

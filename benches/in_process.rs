@@ -43,77 +43,90 @@ impl EventHandler for Noop {
     }
 }
 
+/// What every measurement shares: one signed `user.created` token, its key, the bare
+/// decode's validation, and a dispatcher with one no-op handler on a current-thread runtime.
+struct Fixture {
+    decoding_key: jsonwebtoken::DecodingKey,
+    token: String,
+    validation: Validation,
+    dispatcher: Dispatcher,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let key = SigningKey::generate().expect("RSA key");
+        let token = key.sign(&kinde_webhooks::samples::sample_claims("user.created"));
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        let registry = Registry::builder()
+            .handler("noop", &["user.created"], Noop)
+            .build()
+            .expect("registry");
+        let fixture = Self {
+            decoding_key: key.decoding_key(),
+            token,
+            validation,
+            dispatcher: Dispatcher::new(registry, State::new(), Default::default()),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("tokio runtime"),
+        };
+        // Every path must accept the token before its time means anything.
+        fixture.bare_decode();
+        assert!(fixture.route_and_dispatch(&fixture.verify_only()).all_ok());
+        fixture
+    }
+
+    /// The floor: `jsonwebtoken::decode` with the same key.
+    fn bare_decode(&self) -> jsonwebtoken::TokenData<serde_json::Value> {
+        jsonwebtoken::decode(
+            black_box(self.token.as_str()),
+            &self.decoding_key,
+            &self.validation,
+        )
+        .expect("bare decode")
+    }
+
+    /// What `Verifier::verify` does, minus the key-store lookup.
+    fn verify_only(&self) -> Event {
+        let t = kinde_webhooks::verify::parse(black_box(self.token.as_str())).expect("parse");
+        t.check_signature(&self.decoding_key).expect("signature");
+        t.into_event(Utc::now(), None).expect("event")
+    }
+
+    /// The route match and the dispatch to the no-op handler.
+    fn route_and_dispatch(&self, event: &Event) -> kinde_webhooks::dispatch::Report {
+        assert!(
+            self.dispatcher
+                .registry()
+                .handlers_for(&event.event_type)
+                .next()
+                .is_some()
+        );
+        let report = self.rt.block_on(self.dispatcher.dispatch(event));
+        assert!(report.all_ok());
+        report
+    }
+
+    /// `verify_only`, then `route_and_dispatch`.
+    fn full_path(&self) -> kinde_webhooks::dispatch::Report {
+        self.route_and_dispatch(&self.verify_only())
+    }
+}
+
 fn in_process(c: &mut Criterion) {
-    let key = SigningKey::generate().expect("RSA key");
-    let decoding_key = key.decoding_key();
-    let token = key.sign(&kinde_webhooks::samples::sample_claims("user.created"));
-
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_aud = false;
-
-    let registry = Registry::builder()
-        .handler("noop", &["user.created"], Noop)
-        .build()
-        .expect("registry");
-    let dispatcher = Dispatcher::new(registry, State::new(), Default::default());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("tokio runtime");
-
-    // Every path must accept the token before its time means anything.
-    jsonwebtoken::decode::<serde_json::Value>(&token, &decoding_key, &validation)
-        .expect("bare decode accepts the token");
-    let event = kinde_webhooks::verify::parse(&token)
-        .and_then(|t| t.check_signature(&decoding_key).map(|()| t))
-        .and_then(|t| t.into_event(Utc::now(), None))
-        .expect("verify accepts the token");
-    let report = rt.block_on(dispatcher.dispatch(&event));
-    assert!(report.all_ok() && report.outcomes.len() == 1);
-
+    let f = Fixture::new();
     let mut group = c.benchmark_group("in_process");
     group
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_secs(1))
         .sample_size(50);
-
-    group.bench_function("bare_decode", |b| {
-        b.iter(|| {
-            jsonwebtoken::decode::<serde_json::Value>(
-                black_box(token.as_str()),
-                &decoding_key,
-                &validation,
-            )
-            .expect("bare decode")
-        })
-    });
-
-    group.bench_function("verify_only", |b| {
-        b.iter(|| {
-            let t = kinde_webhooks::verify::parse(black_box(token.as_str())).expect("parse");
-            t.check_signature(&decoding_key).expect("signature");
-            t.into_event(Utc::now(), None).expect("event")
-        })
-    });
-
-    group.bench_function("full_path", |b| {
-        b.iter(|| {
-            let t = kinde_webhooks::verify::parse(black_box(token.as_str())).expect("parse");
-            t.check_signature(&decoding_key).expect("signature");
-            let event = t.into_event(Utc::now(), None).expect("event");
-            let routed = dispatcher
-                .registry()
-                .handlers_for(&event.event_type)
-                .next()
-                .is_some();
-            assert!(routed);
-            let report = rt.block_on(dispatcher.dispatch(&event));
-            assert!(report.all_ok());
-            report
-        })
-    });
-
+    group.bench_function("bare_decode", |b| b.iter(|| f.bare_decode()));
+    group.bench_function("verify_only", |b| b.iter(|| f.verify_only()));
+    group.bench_function("full_path", |b| b.iter(|| f.full_path()));
     group.finish();
 }
 
@@ -121,22 +134,10 @@ fn in_process(c: &mut Criterion) {
 /// both share. These are short and steady, so on a noisy machine they pin the overhead
 /// down better than the difference of two noisy ~20 µs figures.
 fn in_process_parts(c: &mut Criterion) {
-    let key = SigningKey::generate().expect("RSA key");
-    let decoding_key = key.decoding_key();
-    let token = key.sign(&kinde_webhooks::samples::sample_claims("user.created"));
+    let f = Fixture::new();
+    let token = f.token.as_str();
     let (message, signature) = token.rsplit_once('.').expect("three segments");
-
-    let registry = Registry::builder()
-        .handler("noop", &["user.created"], Noop)
-        .build()
-        .expect("registry");
-    let dispatcher = Dispatcher::new(registry, State::new(), Default::default());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("tokio runtime");
-    let event = kinde_webhooks::verify::parse(&token)
-        .and_then(|t| t.into_event(Utc::now(), None))
-        .expect("event");
+    let event = f.verify_only();
 
     let mut group = c.benchmark_group("in_process_parts");
     group
@@ -150,7 +151,7 @@ fn in_process_parts(c: &mut Criterion) {
             let ok = jsonwebtoken::crypto::verify(
                 black_box(signature),
                 black_box(message.as_bytes()),
-                &decoding_key,
+                &f.decoding_key,
                 Algorithm::RS256,
             )
             .expect("verify");
@@ -161,7 +162,7 @@ fn in_process_parts(c: &mut Criterion) {
     // `verify_only` minus the signature: split, header, base64 and claims into an Event.
     group.bench_function("parse_and_claims", |b| {
         b.iter(|| {
-            kinde_webhooks::verify::parse(black_box(token.as_str()))
+            kinde_webhooks::verify::parse(black_box(token))
                 .and_then(|t| t.into_event(Utc::now(), None))
                 .expect("event")
         })
@@ -169,17 +170,7 @@ fn in_process_parts(c: &mut Criterion) {
 
     // `full_path` minus `verify_only`: the route match and dispatch to the no-op handler.
     group.bench_function("route_and_dispatch", |b| {
-        b.iter(|| {
-            let event = black_box(&event);
-            assert!(
-                dispatcher
-                    .registry()
-                    .handlers_for(&event.event_type)
-                    .next()
-                    .is_some()
-            );
-            rt.block_on(dispatcher.dispatch(event))
-        })
+        b.iter(|| f.route_and_dispatch(black_box(&event)))
     });
 
     group.finish();
@@ -194,50 +185,18 @@ fn paired_ratio() {
     const ROUNDS: usize = 300;
     const BATCH: u32 = 100;
 
-    let key = SigningKey::generate().expect("RSA key");
-    let decoding_key = key.decoding_key();
-    let token = key.sign(&kinde_webhooks::samples::sample_claims("user.created"));
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_aud = false;
-    let registry = Registry::builder()
-        .handler("noop", &["user.created"], Noop)
-        .build()
-        .expect("registry");
-    let dispatcher = Dispatcher::new(registry, State::new(), Default::default());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("tokio runtime");
-
+    let fx = Fixture::new();
     let bare = || {
         let start = Instant::now();
         for _ in 0..BATCH {
-            black_box(
-                jsonwebtoken::decode::<serde_json::Value>(
-                    black_box(token.as_str()),
-                    &decoding_key,
-                    &validation,
-                )
-                .expect("bare decode"),
-            );
+            black_box(fx.bare_decode());
         }
         start.elapsed()
     };
     let full = || {
         let start = Instant::now();
         for _ in 0..BATCH {
-            let t = kinde_webhooks::verify::parse(black_box(token.as_str())).expect("parse");
-            t.check_signature(&decoding_key).expect("signature");
-            let event = t.into_event(Utc::now(), None).expect("event");
-            assert!(
-                dispatcher
-                    .registry()
-                    .handlers_for(&event.event_type)
-                    .next()
-                    .is_some()
-            );
-            black_box(rt.block_on(dispatcher.dispatch(&event)));
+            black_box(fx.full_path());
         }
         start.elapsed()
     };

@@ -24,6 +24,8 @@
 //! - [`signing`]: signs Kinde-shaped events with a local RSA key (dev mode, `send`, tests).
 //! - [`samples`]: sample `data` for every known event type.
 //! - [`telemetry`]: tracing subscriber set-up from the `[log]` section.
+//! - `testing` (feature `testing`): a test kit: an issuer of your own, the real server on
+//!   a loopback port, a recording handler.
 
 pub mod cli;
 pub mod config;
@@ -41,6 +43,8 @@ pub mod samples;
 pub mod server;
 pub mod signing;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod verify;
 
 pub use async_trait::async_trait;

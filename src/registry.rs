@@ -55,6 +55,17 @@ pub enum RegistryError {
     /// A name that cannot be used as a key.
     #[error("handler name {0:?} is invalid: use 1 to 64 of a-z, 0-9, '-', '_' and '.'")]
     BadName(String),
+    /// A handler asked for by name is not registered.
+    #[error(
+        "no handler named {name:?} is registered (registered: {known}); \
+         check the name given to register_handler! and that its crate is linked in"
+    )]
+    NotRegistered {
+        /// The name asked for.
+        name: String,
+        /// The names that are registered, comma-separated.
+        known: String,
+    },
 }
 
 /// Why a pattern is malformed, for [`RegistryError::BadPattern`] and config validation.
@@ -169,6 +180,8 @@ pub struct Registry {
 #[derive(Debug, Default)]
 pub struct RegistryBuilder {
     pending: Vec<Pending>,
+    /// Names asked for with [`RegistryBuilder::inventory_named`] that are not registered.
+    missing: Vec<String>,
 }
 
 /// A handler as given, before its name and patterns are checked.
@@ -211,8 +224,28 @@ impl RegistryBuilder {
     }
 
     /// Add every handler registered through `inventory`.
-    pub fn inventory(mut self) -> Self {
-        for r in inventory::iter::<HandlerRegistration> {
+    pub fn inventory(self) -> Self {
+        self.inventory_where(|_| true)
+    }
+
+    /// Add the handlers registered through `inventory` under these names only (a test that
+    /// runs some of the application's handlers); [`build`](Self::build) fails naming any
+    /// name that is not registered.
+    pub fn inventory_named(mut self, names: &[&str]) -> Self {
+        let registered = || inventory::iter::<HandlerRegistration>.into_iter();
+        for name in names {
+            if !registered().any(|r| r.name == *name) {
+                self.missing.push((*name).to_owned());
+            }
+        }
+        self.inventory_where(|r| names.contains(&r.name))
+    }
+
+    fn inventory_where(mut self, keep: impl Fn(&HandlerRegistration) -> bool) -> Self {
+        for r in inventory::iter::<HandlerRegistration>
+            .into_iter()
+            .filter(|r| keep(r))
+        {
             let patterns = r.patterns.iter().map(|p| (*p).to_owned()).collect();
             let handler = Arc::from((r.make)());
             let (name, module) = (r.name.to_owned(), r.module.to_owned());
@@ -228,6 +261,20 @@ impl RegistryBuilder {
 
     /// Check names and patterns, and build the registry.
     pub fn build(self) -> Result<Registry, RegistryError> {
+        if let Some(name) = self.missing.into_iter().next() {
+            let known: Vec<&str> = inventory::iter::<HandlerRegistration>
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            return Err(RegistryError::NotRegistered {
+                name,
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
         if self.pending.is_empty() {
             return Err(RegistryError::Empty);
         }
@@ -287,6 +334,15 @@ impl Registry {
     /// Every handler registered through `inventory`; an error when there is none.
     pub fn from_inventory() -> Result<Registry, RegistryError> {
         Registry::builder().inventory().build()
+    }
+
+    /// Wrap every handler (to trace or record its calls, say): `wrap` gets each entry and
+    /// returns the handler to run in its place, under the same name and patterns.
+    pub fn wrap(mut self, wrap: impl Fn(&Entry) -> Arc<dyn EventHandler>) -> Registry {
+        for entry in &mut self.entries {
+            entry.handler = wrap(entry);
+        }
+        self
     }
 
     /// All entries, in registration order.

@@ -7,6 +7,7 @@ mod forged;
 mod hostile;
 mod inbox;
 mod keys;
+mod kit;
 mod metrics;
 mod props;
 mod registry;

@@ -283,6 +283,15 @@ pub struct RouteConfig {
     /// The event types this route accepts; others are acknowledged and not dispatched.
     #[serde(default = "all_patterns")]
     pub patterns: Vec<String>,
+    /// The Kinde environment (or business) this route takes events from, e.g.
+    /// `https://acme-staging.kinde.com`: its events are verified against that issuer's
+    /// JWKS only. Unset: `[kinde] issuer_url`.
+    #[serde(default)]
+    pub issuer_url: Option<String>,
+    /// Where this route's issuer publishes its keys, when not at
+    /// `<issuer_url>/.well-known/jwks.json`; needs `issuer_url`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
 }
 
 impl RouteConfig {
@@ -436,6 +445,8 @@ impl Config {
             vec![RouteConfig {
                 path: DEFAULT_ROUTE.into(),
                 patterns: all_patterns(),
+                issuer_url: None,
+                jwks_url: None,
             }]
         } else {
             self.routes.clone()
@@ -451,6 +462,38 @@ impl Config {
                 issuer.trim_end_matches('/')
             ))
         })
+    }
+
+    /// The issuer a route's events are verified against: its own `issuer_url`, else
+    /// `[kinde] issuer_url` (without a trailing `/`).
+    pub fn issuer_for(&self, route: &RouteConfig) -> Option<String> {
+        let issuer = route
+            .issuer_url
+            .as_deref()
+            .or(self.kinde.issuer_url.as_deref())?;
+        Some(issuer.trim_end_matches('/').to_owned())
+    }
+
+    /// The JWKS URL of a route: its own `jwks_url`, its own issuer's well-known key set,
+    /// else [`Config::jwks_url`].
+    pub fn jwks_url_for(&self, route: &RouteConfig) -> Option<String> {
+        match (&route.jwks_url, &route.issuer_url) {
+            (Some(url), _) => Some(url.clone()),
+            (None, Some(issuer)) => Some(format!(
+                "{}/.well-known/jwks.json",
+                issuer.trim_end_matches('/')
+            )),
+            (None, None) => self.jwks_url(),
+        }
+    }
+
+    /// The issuer of every route, by path (an event read back from the inbox learns its
+    /// issuer from the route it arrived on).
+    pub fn route_issuers(&self) -> std::collections::HashMap<String, String> {
+        self.effective_routes()
+            .into_iter()
+            .filter_map(|r| Some((r.path.clone(), self.issuer_for(&r)?)))
+            .collect()
     }
 
     /// The SQLite file: `[store] path`, relative to the config file's folder.
@@ -504,8 +547,10 @@ impl Config {
                 "must be at least 1024 bytes; Kinde tokens are 1 to 4 KiB (default 65536)",
             ));
         }
+        let every_route_has_an_issuer =
+            !self.routes.is_empty() && self.routes.iter().all(|r| r.issuer_url.is_some());
         match self.kinde.issuer_url.as_deref() {
-            None if self.kinde.jwks_url.is_none() => {
+            None if self.kinde.jwks_url.is_none() && !every_route_has_an_issuer => {
                 return Err(invalid(
                     "kinde.issuer_url",
                     "is not set: set KINDE_ISSUER_URL=https://<your_subdomain>.kinde.com, or issuer_url in config.toml \
@@ -589,6 +634,19 @@ impl Config {
             for p in &route.patterns {
                 Pattern::parse(p)
                     .map_err(|e| invalid(format!("{key}.patterns"), format!("{p:?} {e}")))?;
+            }
+            if let Some(url) = &route.issuer_url {
+                check_url(&format!("{key}.issuer_url"), url)?;
+            }
+            match (&route.jwks_url, &route.issuer_url) {
+                (Some(url), Some(_)) => check_url(&format!("{key}.jwks_url"), url)?,
+                (Some(_), None) => {
+                    return Err(invalid(
+                        format!("{key}.jwks_url"),
+                        "needs the route's issuer_url too (the issuer a handler is told about)",
+                    ));
+                }
+                (None, _) => {}
             }
         }
         Ok(())
@@ -848,6 +906,8 @@ mod tests {
         let route = RouteConfig {
             path: "/u".into(),
             patterns: vec!["user.*".into(), "role.created".into()],
+            issuer_url: None,
+            jwks_url: None,
         };
         assert!(route.accepts("user.created") && route.accepts("role.created"));
         assert!(!route.accepts("role.deleted") && !route.accepts("organization.created"));

@@ -45,6 +45,10 @@ pub struct Delivery {
     pub webhook_id: Option<String>,
     /// The path of the route the event arrived on.
     pub route: String,
+    /// The issuer (Kinde environment) whose keys verified the event: the route's
+    /// `issuer_url`, else `[kinde] issuer_url`. One receiver can serve several
+    /// environments (staging and production, or several businesses), one route each.
+    pub issuer: String,
     /// When the request was received.
     pub received_at: DateTime<Utc>,
 }

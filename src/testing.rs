@@ -692,6 +692,18 @@ impl TestServer {
         self.post(path, token, event.delivery_id()).await
     }
 
+    /// Sign `event` with another issuer's key and POST it to the route at `path` (a route
+    /// that names that issuer in its `issuer_url`, or a test of a foreign signature).
+    pub async fn send_from(
+        &self,
+        issuer: &TestIssuer,
+        path: &str,
+        event: &TestEvent,
+    ) -> (u16, Value) {
+        self.post(path, issuer.sign(event), event.delivery_id())
+            .await
+    }
+
     /// POST `body` to `path` as Kinde does (`Content-Type: application/jwt`, a `webhook-id`
     /// header when given). Returns the status and the body as JSON (a JSON string when the
     /// body is not JSON).

@@ -306,6 +306,7 @@ where
         .map_err(|e| format!("the init step failed: {e}"))?;
     let dispatcher = Dispatcher::new(registry, state, config.handlers.clone())
         .with_timeout(Some(config.delivery.handler_timeout));
-    let inbox = Inbox::new(Arc::new(store), dispatcher, config.inbox.clone());
+    let inbox = Inbox::new(Arc::new(store), dispatcher, config.inbox.clone())
+        .with_route_issuers(config.route_issuers());
     inbox.run_due().await.map_err(|e| e.to_string())
 }

@@ -88,6 +88,10 @@ enum Command {
         /// Fetch the keys from `<issuer>/.well-known/jwks.json` [default: the config's].
         #[arg(long)]
         issuer: Option<String>,
+        /// Use the keys of the issuer this route of the config names (routes may each
+        /// serve their own Kinde environment).
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["jwks_url", "jwks_file", "issuer"])]
+        route: Option<String>,
     },
     /// Inspect and operate the durable inbox: list, show, replay, purge.
     #[command(subcommand)]
@@ -218,6 +222,7 @@ where
                 jwks_url,
                 jwks_file,
                 issuer,
+                route,
             } => {
                 let keys = match (jwks_url, jwks_file, issuer) {
                     (Some(url), _, _) => Some(verify::KeySource::Url(url)),
@@ -228,7 +233,7 @@ where
                     ))),
                     _ => None,
                 };
-                verify::verify(config, token, keys).await
+                verify::verify(config, token, keys, route).await
             }
         }
     })

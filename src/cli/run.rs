@@ -66,7 +66,8 @@ where
         Err(e) => return fail(1, e),
     };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, jwks = %webhooks.keys().url(), "kinde-webhooks listening on http://{addr}");
+        let jwks: Vec<&str> = webhooks.issuers().map(|(_, keys)| keys.url()).collect();
+        tracing::info!(%addr, jwks = %jwks.join(", "), "kinde-webhooks listening on http://{addr}");
     }
     match run_with(listener, webhooks, Router::new(), shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,7 @@ pub(super) async fn verify(
     config: Option<PathBuf>,
     token: Option<String>,
     keys: Option<KeySource>,
+    route: Option<String>,
 ) -> ExitCode {
     let token = match token.as_deref() {
         Some(t) if t != "-" => t.to_owned(),
@@ -36,12 +37,37 @@ pub(super) async fn verify(
         }
     };
     let config = load_config(config).unwrap_or_default();
-    let keys = keys.or_else(|| config.jwks_url().map(KeySource::Url));
+    let routes = config.effective_routes();
+    let keys = match (keys, route) {
+        (Some(keys), _) => Some(keys),
+        (None, Some(path)) => match routes.iter().find(|r| r.path == path) {
+            Some(r) => config.jwks_url_for(r).map(KeySource::Url),
+            None => {
+                let paths: Vec<&str> = routes.iter().map(|r| r.path.as_str()).collect();
+                return fail(
+                    2,
+                    format!(
+                        "the config has no route {path}; its routes: {}",
+                        paths.join(", ")
+                    ),
+                );
+            }
+        },
+        // The default issuer, else the first route's own.
+        (None, None) => config
+            .jwks_url()
+            .or_else(|| routes.iter().find_map(|r| config.jwks_url_for(r)))
+            .map(KeySource::Url),
+    };
     let Some(keys) = keys else {
         return fail(
             2,
-            "say where the keys are: --jwks-url URL, --jwks-file FILE, --issuer URL, or KINDE_ISSUER_URL",
+            "say where the keys are: --jwks-url URL, --jwks-file FILE, --issuer URL, --route PATH, or KINDE_ISSUER_URL",
         );
+    };
+    let used_url = match &keys {
+        KeySource::Url(url) => Some(url.clone()),
+        KeySource::File(_) => None,
     };
     out!("token: {} bytes", token.trim_ascii().len());
 
@@ -120,17 +146,21 @@ pub(super) async fn verify(
     );
 
     // 5. Who would run it.
-    for route in config.effective_routes() {
-        let accepted = route.accepts(&event.event_type);
-        out!(
-            "  route {}: {}",
-            route.path,
-            if accepted {
-                "accepts it"
-            } else {
-                "does not accept it (acknowledged, not dispatched)"
-            }
-        );
+    for route in &routes {
+        let verdict = if let Some(url) = &used_url
+            && config.jwks_url_for(route).as_ref() != Some(url)
+        {
+            let issuer = config.issuer_for(route).unwrap_or_default();
+            format!(
+                "verifies against another issuer ({issuer}): check with --route {}",
+                route.path
+            )
+        } else if route.accepts(&event.event_type) {
+            "accepts it".to_owned()
+        } else {
+            "does not accept it (acknowledged, not dispatched)".to_owned()
+        };
+        out!("  route {}: {verdict}", route.path);
     }
     match build_registry() {
         Ok(registry) => {
@@ -174,22 +204,32 @@ pub(super) async fn check(config: Option<PathBuf>) -> ExitCode {
         Ok(registry) => out!("✓ {} handler(s) registered", registry.entries().len()),
         Err(e) => return fail(2, e),
     }
-    let Some(url) = config.jwks_url() else {
-        return fail(2, "no JWKS URL: set KINDE_ISSUER_URL");
-    };
-    match fetch_key_set(&client(), &url).await {
-        Ok((keys, max_age)) => {
-            let mut kids: Vec<&String> = keys.keys().collect();
-            kids.sort();
-            out!(
-                "✓ JWKS {url}: {} signing key(s) {kids:?}, max-age {max_age:?}",
-                keys.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            out!("✗ JWKS {url}: {}", crate::jwks::error_chain(&e));
-            ExitCode::from(1)
+    // Every issuer the routes verify against, once each.
+    let mut urls: Vec<String> = Vec::new();
+    for route in config.effective_routes() {
+        match config.jwks_url_for(&route) {
+            Some(url) if !urls.contains(&url) => urls.push(url),
+            Some(_) => {}
+            None => return fail(2, "no JWKS URL: set KINDE_ISSUER_URL"),
         }
     }
+    let client = client();
+    let mut code = ExitCode::SUCCESS;
+    for url in urls {
+        match fetch_key_set(&client, &url).await {
+            Ok((keys, max_age)) => {
+                let mut kids: Vec<&String> = keys.keys().collect();
+                kids.sort();
+                out!(
+                    "✓ JWKS {url}: {} signing key(s) {kids:?}, max-age {max_age:?}",
+                    keys.len()
+                );
+            }
+            Err(e) => {
+                out!("✗ JWKS {url}: {}", crate::jwks::error_chain(&e));
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    code
 }

@@ -52,6 +52,8 @@ pub struct Inbox {
     dispatcher: Dispatcher,
     config: InboxConfig,
     wake: Arc<Notify>,
+    /// The issuer of each route, by path: a stored event's issuer is its route's.
+    issuers: Arc<HashMap<String, String>>,
 }
 
 impl Inbox {
@@ -62,7 +64,15 @@ impl Inbox {
             dispatcher,
             config,
             wake: Arc::new(Notify::new()),
+            issuers: Arc::default(),
         }
+    }
+
+    /// Tell handlers which issuer each route's events came from
+    /// ([`Config::route_issuers`](crate::Config::route_issuers)).
+    pub fn with_route_issuers(mut self, issuers: HashMap<String, String>) -> Self {
+        self.issuers = Arc::new(issuers);
+        self
     }
 
     /// The store.
@@ -209,6 +219,9 @@ impl Inbox {
             Ok((mut event, _, _)) => {
                 span.record("event_id", display(&event.event_id));
                 span.record("event_type", display(&event.event_type));
+                if let Some(issuer) = self.issuers.get(&job.route) {
+                    event.delivery.issuer.clone_from(issuer);
+                }
                 event.delivery.route = job.route;
                 event.delivery.webhook_id = job.webhook_id;
                 let run = self

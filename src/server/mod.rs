@@ -44,7 +44,8 @@ pub struct Webhooks {
 
 #[derive(Debug)]
 struct Shared {
-    verifier: Verifier,
+    /// One verifier per Kinde environment (distinct JWKS URL); routes point at theirs.
+    issuers: Vec<Issuer>,
     dispatcher: Dispatcher,
     delivery: Delivery,
     routes: Vec<Route>,
@@ -77,6 +78,15 @@ enum Dedup {
 struct Route {
     path: String,
     patterns: Vec<Pattern>,
+    /// Index into `Shared::issuers`.
+    issuer: usize,
+}
+
+/// A Kinde environment: its issuer URL (handlers see it) and the verifier of its keys.
+#[derive(Debug)]
+struct Issuer {
+    url: String,
+    verifier: Verifier,
 }
 
 /// Why the receiver could not start.
@@ -156,11 +166,45 @@ impl Webhooks {
             // Install the recorder before anything is counted (the first JWKS fetch).
             crate::metrics::handle();
         }
-        let jwks_url = config.jwks_url().ok_or_else(|| ConfigError::Invalid {
-            key: "kinde.issuer_url".into(),
-            message: "is not set: set KINDE_ISSUER_URL".into(),
-        })?;
-        let keys = KeyStore::new(jwks_url, config.kinde.jwks_refresh_cooldown);
+        let token_limits = TokenLimits {
+            max_token_bytes: config.limits.max_token_bytes,
+            max_payload_bytes: config.limits.max_payload_bytes,
+            max_json_depth: config.limits.max_json_depth,
+            max_kid_bytes: config.limits.max_kid_bytes,
+        };
+        let mut issuers: Vec<Issuer> = Vec::new();
+        let mut routes = Vec::new();
+        for r in config.effective_routes() {
+            // validate() checked every URL and pattern, and that every route has an issuer.
+            let missing = || ConfigError::Invalid {
+                key: "kinde.issuer_url".into(),
+                message: format!("is not set and route {} names no issuer_url", r.path),
+            };
+            let jwks_url = config.jwks_url_for(&r).ok_or_else(missing)?;
+            let url = config.issuer_for(&r).unwrap_or_else(|| jwks_url.clone());
+            let issuer = match issuers
+                .iter()
+                .position(|i| i.url == url && i.verifier.keys().url() == jwks_url)
+            {
+                Some(index) => index,
+                None => {
+                    let keys = KeyStore::new(jwks_url, config.kinde.jwks_refresh_cooldown);
+                    let verifier =
+                        Verifier::new(keys, config.kinde.max_event_age).with_limits(token_limits);
+                    issuers.push(Issuer { url, verifier });
+                    issuers.len() - 1
+                }
+            };
+            routes.push(Route {
+                patterns: r
+                    .patterns
+                    .iter()
+                    .filter_map(|p| Pattern::parse(p).ok())
+                    .collect(),
+                path: r.path,
+                issuer,
+            });
+        }
         config.check_handler_sections(registry.entries().iter().map(|e| &*e.name))?;
         let dispatcher = Dispatcher::new(registry, state, config.handlers.clone())
             .with_timeout(Some(config.delivery.handler_timeout));
@@ -171,9 +215,10 @@ impl Webhooks {
             ),
         };
         let delivery = match (config.delivery.mode, config.delivery.inline_dedup, store) {
-            (DeliveryMode::Inbox, _, Some(store)) => {
-                Delivery::Inbox(Inbox::new(store, dispatcher.clone(), config.inbox.clone()))
-            }
+            (DeliveryMode::Inbox, _, Some(store)) => Delivery::Inbox(
+                Inbox::new(store, dispatcher.clone(), config.inbox.clone())
+                    .with_route_issuers(config.route_issuers()),
+            ),
             (DeliveryMode::Inbox, _, None) => return Err(needs_store("delivery.mode = \"inbox\"")),
             (DeliveryMode::Inline, InlineDedup::Off, _) => Delivery::Inline(Dedup::Off),
             (DeliveryMode::Inline, InlineDedup::Memory, _) => Delivery::Inline(Dedup::Memory(
@@ -186,29 +231,9 @@ impl Webhooks {
                 return Err(needs_store("delivery.inline_dedup = \"store\""));
             }
         };
-        let routes = config
-            .effective_routes()
-            .into_iter()
-            .map(|r| Route {
-                // validate() already checked every pattern.
-                patterns: r
-                    .patterns
-                    .iter()
-                    .filter_map(|p| Pattern::parse(p).ok())
-                    .collect(),
-                path: r.path,
-            })
-            .collect();
         Ok(Self {
             shared: Arc::new(Shared {
-                verifier: Verifier::new(keys, config.kinde.max_event_age).with_limits(
-                    TokenLimits {
-                        max_token_bytes: config.limits.max_token_bytes,
-                        max_payload_bytes: config.limits.max_payload_bytes,
-                        max_json_depth: config.limits.max_json_depth,
-                        max_kid_bytes: config.limits.max_kid_bytes,
-                    },
-                ),
+                issuers,
                 dispatcher,
                 delivery,
                 routes,
@@ -222,9 +247,17 @@ impl Webhooks {
         })
     }
 
-    /// The key store, e.g. to refresh it before serving.
+    /// The key store of the first route's issuer, e.g. to refresh it before serving.
     pub fn keys(&self) -> &KeyStore {
-        self.shared.verifier.keys()
+        self.shared.issuers[0].verifier.keys()
+    }
+
+    /// Every issuer (Kinde environment) served, with its key store, in route order.
+    pub fn issuers(&self) -> impl Iterator<Item = (&str, &KeyStore)> {
+        self.shared
+            .issuers
+            .iter()
+            .map(|i| (i.url.as_str(), i.verifier.keys()))
     }
 
     /// The handler registry.
@@ -250,7 +283,8 @@ impl Webhooks {
         tracing::info!(mode, "delivery");
         for route in &self.shared.routes {
             let patterns: Vec<String> = route.patterns.iter().map(ToString::to_string).collect();
-            tracing::info!(path = %route.path, patterns = %patterns.join(", "), "webhook route");
+            let issuer = &self.shared.issuers[route.issuer].url;
+            tracing::info!(path = %route.path, patterns = %patterns.join(", "), %issuer, "webhook route");
         }
         for (pattern, handlers) in self.registry().table() {
             tracing::info!(%pattern, handlers = %handlers.join(", "), "handler registered");
@@ -279,7 +313,10 @@ impl Webhooks {
     /// inbox mode, the inbox's workers. Call it once when you mount [`Webhooks::router`]
     /// in your own app; [`run`] does it for the bundled server.
     pub fn spawn_background(&self) -> Background {
-        let refresher = self.keys().spawn_refresher(self.shared.refresh_interval);
+        let refreshers = self
+            .issuers()
+            .map(|(_, keys)| keys.spawn_refresher(self.shared.refresh_interval))
+            .collect();
         let stop = CancellationToken::new();
         let workers = self.inbox().cloned().map(|inbox| {
             let stop = stop.clone();
@@ -288,7 +325,7 @@ impl Webhooks {
         Background {
             stop,
             workers,
-            refresher,
+            refreshers,
         }
     }
 
@@ -321,11 +358,11 @@ impl Webhooks {
     }
 }
 
-/// 200 when signing keys are loaded and (inbox mode) the store takes writes; else 503 with
+/// 200 when every issuer's signing keys are loaded and (inbox mode) the store takes writes; else 503 with
 /// the reasons, as fixed labels.
 async fn readiness(shared: &Shared) -> Response {
     let mut reasons = Vec::new();
-    if !shared.verifier.keys().has_keys() {
+    if !shared.issuers.iter().all(|i| i.verifier.keys().has_keys()) {
         reasons.push("no_signing_keys");
     }
     if let Delivery::Inbox(inbox) = &shared.delivery
@@ -347,7 +384,14 @@ async fn readiness(shared: &Shared) -> Response {
 
 /// The Prometheus text, with the gauges read at scrape time.
 async fn render_metrics(shared: &Shared) -> Response {
-    let (age, keys) = shared.verifier.keys().age_and_count();
+    // With several issuers, the stalest key set and the smallest count: what can go wrong.
+    let states = shared
+        .issuers
+        .iter()
+        .map(|i| i.verifier.keys().age_and_count());
+    let (age, keys) = states.fold((None, usize::MAX), |(worst, fewest), (age, keys)| {
+        (worst.max(age), fewest.min(keys))
+    });
     crate::metrics::jwks_state(age, keys);
     if let Delivery::Inbox(inbox) = &shared.delivery {
         match inbox.store().depth().await {
@@ -369,7 +413,7 @@ async fn render_metrics(shared: &Shared) -> Response {
 pub struct Background {
     stop: CancellationToken,
     workers: Option<tokio::task::JoinHandle<()>>,
-    refresher: tokio::task::JoinHandle<()>,
+    refreshers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Background {
@@ -380,6 +424,8 @@ impl Background {
         if let Some(workers) = self.workers {
             let _ = workers.await;
         }
-        self.refresher.abort();
+        for refresher in self.refreshers {
+            refresher.abort();
+        }
     }
 }

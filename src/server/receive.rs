@@ -119,7 +119,8 @@ async fn handle(
     let body = read_body(shared, body).await?;
     let token = std::str::from_utf8(&body).map_err(|_| Rejection::UnreadableBody)?;
     let started = Instant::now();
-    let verified = shared.verifier.verify(token).await;
+    let issuer = &shared.issuers[route.issuer];
+    let verified = issuer.verifier.verify(token).await;
     metrics::verified(started.elapsed());
     let mut event = verified?;
     event.delivery.webhook_id = headers
@@ -127,6 +128,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     event.delivery.route = route.path.clone();
+    event.delivery.issuer.clone_from(&issuer.url);
     event.delivery.received_at = Utc::now();
 
     let span = tracing::Span::current();

@@ -2,6 +2,7 @@
 //! signatures, and handlers that record what they were given.
 
 mod bad_input;
+mod environments;
 mod fixtures;
 mod forged;
 mod hostile;

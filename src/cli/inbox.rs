@@ -27,16 +27,10 @@ where
     telemetry::init(&config.log, Output::Stderr);
     let (store, sqlite): (Arc<dyn Store>, Option<SqliteStore>) =
         if config.store.backend == "postgres" {
-            let where_ = format!(
-                "schema {} of {}",
-                config.store.schema,
-                config
-                    .store
-                    .url
-                    .as_deref()
-                    .map(redact_url)
-                    .unwrap_or_default()
-            );
+            let where_ = match config.store.url.as_deref() {
+                Some(url) => format!("schema {} of {}", config.store.schema, redact_url(url)),
+                None => format!("schema {}", config.store.schema),
+            };
             match PgStore::open(&config.store).await {
                 Ok(s) => (Arc::new(s), None),
                 Err(e) => return fail(1, format!("cannot open the inbox in {where_}: {e}")),

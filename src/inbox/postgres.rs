@@ -112,10 +112,9 @@ impl PgStore {
     /// if needed and apply migrations. Fails after `connect_timeout` when the database
     /// cannot be reached.
     pub async fn open(config: &StoreConfig) -> Result<PgStore, StoreError> {
-        let url = config
-            .url
-            .as_deref()
-            .ok_or_else(|| StoreError::Schema("[store] url is not set".into()))?;
+        let url = config.url.as_deref().ok_or_else(|| {
+            StoreError::Schema("[store] url is not set: set it, or the env DATABASE_URL".into())
+        })?;
         let options: PgConnectOptions = url
             .parse()
             .map_err(|_| StoreError::Schema("[store] url is not a PostgreSQL URL".into()))?;
@@ -175,6 +174,10 @@ impl PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         let schema = &self.schema;
         let mut tx = self.pool.begin().await?;
+        // `IF NOT EXISTS` says "already exists" as a notice on every start: not worth a log line.
+        sqlx::query("SET LOCAL client_min_messages = warning")
+            .execute(&mut *tx)
+            .await?;
         // Replicas starting together wait here for the first one's migrations.
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(MIGRATION_LOCK)

@@ -158,17 +158,34 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// The schema the PostgreSQL store keeps its tables in, unless `[store] schema` names another.
+pub const DEFAULT_PG_SCHEMA: &str = "kinde_webhooks";
+
 /// `[store]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite` (embedded file).
+    /// `sqlite` (embedded file, one server) or `postgres` (shared by replicas).
     pub backend: String,
-    /// The SQLite file, relative to the config file's folder.
+    /// SQLite: the file, relative to the config file's folder.
     pub path: PathBuf,
-    /// How long a write waits for a lock held elsewhere before the request gets 503.
+    /// SQLite: how long a write waits for a lock held elsewhere before the request gets 503.
     #[serde(deserialize_with = "duration")]
     pub busy_timeout: Duration,
+    /// PostgreSQL: the connection URL. Env `DATABASE_URL` overrides it (for this backend only).
+    pub url: Option<String>,
+    /// PostgreSQL: the schema holding every table, so one database can serve several
+    /// receivers (and tests) side by side. Created when missing.
+    pub schema: String,
+    /// PostgreSQL: the pool size of each process (the wake-up listener has one more).
+    pub max_connections: u32,
+    /// PostgreSQL: the server cancels any statement running longer (set on each connection).
+    #[serde(deserialize_with = "duration")]
+    pub statement_timeout: Duration,
+    /// PostgreSQL: how long to wait for a connection (a new one, or a free one of the pool)
+    /// before the request gets 503: a database that is down fails fast.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -177,8 +194,50 @@ impl Default for StoreConfig {
             backend: "sqlite".into(),
             path: PathBuf::from("kinde-webhooks.db"),
             busy_timeout: Duration::from_secs(5),
+            url: None,
+            schema: DEFAULT_PG_SCHEMA.into(),
+            max_connections: 8,
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
         }
     }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    /// The URL's password stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("backend", &self.backend)
+            .field("path", &self.path)
+            .field("busy_timeout", &self.busy_timeout)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// A database URL without its password, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+/// Whether `schema` is a plain lowercase SQL identifier that needs no quoting.
+fn is_schema_name(schema: &str) -> bool {
+    let mut chars = schema.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema.len() <= 48
+        && !schema.starts_with("pg_")
 }
 
 /// `[inbox]`
@@ -428,7 +487,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Apply `KINDE_ISSUER_URL` and `KINDE_WEBHOOKS_BIND` (empty values are ignored).
+    /// Apply `KINDE_ISSUER_URL`, `KINDE_WEBHOOKS_BIND` and, when `[store] backend` is
+    /// `postgres`, `DATABASE_URL` (empty values are ignored). `DATABASE_URL` never moves a
+    /// SQLite inbox: it is often set for other tools.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
         let var = |name| var(name).filter(|v| !v.trim().is_empty());
         if let Some(issuer) = var("KINDE_ISSUER_URL") {
@@ -436,6 +497,11 @@ impl Config {
         }
         if let Some(bind) = var("KINDE_WEBHOOKS_BIND") {
             self.server.bind = bind;
+        }
+        if self.store.backend == "postgres"
+            && let Some(url) = var("DATABASE_URL")
+        {
+            self.store.url = Some(url);
         }
     }
 
@@ -721,6 +787,64 @@ impl Config {
         warnings
     }
 
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let s = &self.store;
+        match s.backend.as_str() {
+            "sqlite" if s.path.as_os_str().is_empty() => Err(invalid(
+                "store.path",
+                "is empty; name the SQLite file (default \"kinde-webhooks.db\")",
+            )),
+            "sqlite" => Ok(()),
+            "postgres" => {
+                let Some(url) = s.url.as_deref() else {
+                    return Err(invalid(
+                        "store.url",
+                        "is not set: backend = \"postgres\" needs url = \"postgres://user@host:5432/db\" \
+                         (or the env DATABASE_URL)",
+                    ));
+                };
+                // The message never repeats the URL: it may hold a password.
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+                    || url.parse::<sqlx::postgres::PgConnectOptions>().is_err()
+                {
+                    return Err(invalid(
+                        "store.url",
+                        "is not a PostgreSQL URL like \"postgres://user:password@host:5432/db\"",
+                    ));
+                }
+                if !is_schema_name(&s.schema) {
+                    return Err(invalid(
+                        "store.schema",
+                        format!(
+                            "{:?} is not a schema name: use lowercase letters, digits and _, starting with a letter \
+                             or _, at most 48 characters, not pg_* (default \"{DEFAULT_PG_SCHEMA}\")",
+                            s.schema
+                        ),
+                    ));
+                }
+                if s.max_connections == 0 || s.max_connections > 1000 {
+                    return Err(invalid(
+                        "store.max_connections",
+                        "must be 1 to 1000 (default 8)",
+                    ));
+                }
+                for (key, value) in [
+                    ("store.statement_timeout", s.statement_timeout),
+                    ("store.connect_timeout", s.connect_timeout),
+                ] {
+                    if value < Duration::from_millis(1) {
+                        return Err(invalid(key, "must be at least \"1ms\""));
+                    }
+                }
+                Ok(())
+            }
+            other => Err(invalid(
+                "store.backend",
+                format!("{other:?} is not a backend; use \"sqlite\" or \"postgres\""),
+            )),
+        }
+    }
+
     fn validate_delivery(&self) -> Result<(), ConfigError> {
         let d = &self.delivery;
         if d.handler_timeout.is_zero() {
@@ -738,18 +862,7 @@ impl Config {
                 "must be at least 1, or set inline_dedup = \"off\"",
             ));
         }
-        if self.store.backend != "sqlite" {
-            return Err(invalid(
-                "store.backend",
-                format!("{:?} is not a backend; use \"sqlite\"", self.store.backend),
-            ));
-        }
-        if self.store.path.as_os_str().is_empty() {
-            return Err(invalid(
-                "store.path",
-                "is empty; name the SQLite file (default \"kinde-webhooks.db\")",
-            ));
-        }
+        self.validate_store()?;
         let i = &self.inbox;
         if i.workers == 0 || i.workers > 1024 {
             return Err(invalid("inbox.workers", "must be 1 to 1024 (default 8)"));
@@ -891,6 +1004,23 @@ mod tests {
             ("[inbox]\nlease = \"10s\"", "inbox.lease"),
             ("[inbox]\nworkers = 0", "inbox.workers"),
             ("[store]\nbackend = \"mysql\"", "store.backend"),
+            ("[store]\nbackend = \"postgres\"", "store.url"),
+            (
+                "[store]\nbackend = \"postgres\"\nurl = \"mysql://x\"",
+                "store.url",
+            ),
+            (
+                "[store]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nschema = \"Bad-Name\"",
+                "store.schema",
+            ),
+            (
+                "[store]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nmax_connections = 0",
+                "store.max_connections",
+            ),
+            (
+                "[store]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nstatement_timeout = \"0s\"",
+                "store.statement_timeout",
+            ),
             ("[log]\nlevel = \"verbose!!\"", "log.level"),
         ];
         for (text, want) in cases {
@@ -899,6 +1029,30 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn database_url_moves_only_a_postgres_store() {
+        let env = |k: &str| (k == "DATABASE_URL").then(|| "postgres://env@h/db".to_owned());
+        let mut sqlite = with_issuer("");
+        sqlite.apply_env(env);
+        assert_eq!(sqlite.store.url, None);
+        sqlite.validate().unwrap();
+        let mut pg = with_issuer("[store]\nbackend = \"postgres\"\nurl = \"postgres://file@h/db\"");
+        pg.apply_env(env);
+        assert_eq!(pg.store.url.as_deref(), Some("postgres://env@h/db"));
+        pg.validate().unwrap();
+        assert_eq!(pg.store.schema, DEFAULT_PG_SCHEMA);
+    }
+
+    #[test]
+    fn the_database_password_stays_out_of_debug_output() {
+        let c = with_issuer("[store]\nbackend = \"postgres\"\nurl = \"postgres://u:hunter2@h/db\"");
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("***"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use chrono::{SecondsFormat, Utc};
 
 use super::{InboxCommand, build_registry, fail, load_config, out};
-use crate::config::Config;
+use crate::config::{Config, redact_url};
 use crate::dispatch::Dispatcher;
 use crate::handler::{BoxError, State};
 use crate::inbox::store::{EventDetail, EventStatus, ListFilter, ReplayTarget};
-use crate::inbox::{Inbox, SqliteStore, Store};
+use crate::inbox::{Inbox, PgStore, SqliteStore, Store};
 use crate::registry::Registry;
 use crate::telemetry::{self, Output};
 
@@ -25,20 +25,32 @@ where
     };
     // stdout carries the result (tables, --json); logs go to stderr.
     telemetry::init(&config.log, Output::Stderr);
-    let path = config.store_path();
-    if !path.exists() {
-        return fail(
-            1,
-            format!(
-                "no inbox at {}: start the server once, or pass --config",
-                path.display()
-            ),
-        );
-    }
-    let store = match SqliteStore::open(&path, config.store.busy_timeout).await {
-        Ok(s) => s,
-        Err(e) => return fail(1, format!("cannot open the inbox {}: {e}", path.display())),
-    };
+    let (store, sqlite): (Arc<dyn Store>, Option<SqliteStore>) =
+        if config.store.backend == "postgres" {
+            let where_ = match config.store.url.as_deref() {
+                Some(url) => format!("schema {} of {}", config.store.schema, redact_url(url)),
+                None => format!("schema {}", config.store.schema),
+            };
+            match PgStore::open(&config.store).await {
+                Ok(s) => (Arc::new(s), None),
+                Err(e) => return fail(1, format!("cannot open the inbox in {where_}: {e}")),
+            }
+        } else {
+            let path = config.store_path();
+            if !path.exists() {
+                return fail(
+                    1,
+                    format!(
+                        "no inbox at {}: start the server once, or pass --config",
+                        path.display()
+                    ),
+                );
+            }
+            match SqliteStore::open(&path, config.store.busy_timeout).await {
+                Ok(s) => (Arc::new(s.clone()), Some(s)),
+                Err(e) => return fail(1, format!("cannot open the inbox {}: {e}", path.display())),
+            }
+        };
     let result = match command {
         InboxCommand::List {
             status,
@@ -60,7 +72,7 @@ where
                 }
             };
             list(
-                &store,
+                &*store,
                 ListFilter {
                     status,
                     event_type,
@@ -70,7 +82,7 @@ where
             )
             .await
         }
-        InboxCommand::Show { event_id, json } => show(&store, &event_id, json).await,
+        InboxCommand::Show { event_id, json } => show(&*store, &event_id, json).await,
         InboxCommand::Replay {
             event_id,
             dead,
@@ -82,7 +94,7 @@ where
                 (None, true, _) => ReplayTarget::Dead,
                 (None, _, _) => ReplayTarget::Skipped,
             };
-            replay(&config, store, target, json, init).await
+            replay(&config, store, sqlite, target, json, init).await
         }
         InboxCommand::Purge {
             older_than,
@@ -136,7 +148,7 @@ fn time(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-async fn list(store: &SqliteStore, filter: ListFilter, json: bool) -> Result<(), String> {
+async fn list(store: &dyn Store, filter: ListFilter, json: bool) -> Result<(), String> {
     let events = store.list(&filter).await.map_err(|e| e.to_string())?;
     if json {
         for e in &events {
@@ -169,7 +181,7 @@ async fn list(store: &SqliteStore, filter: ListFilter, json: bool) -> Result<(),
     Ok(())
 }
 
-async fn show(store: &SqliteStore, event_id: &str, json: bool) -> Result<(), String> {
+async fn show(store: &dyn Store, event_id: &str, json: bool) -> Result<(), String> {
     let details = store.show(event_id).await.map_err(|e| e.to_string())?;
     if details.is_empty() {
         return Err(format!("no event {event_id} in the inbox"));
@@ -232,7 +244,8 @@ async fn show(store: &SqliteStore, event_id: &str, json: bool) -> Result<(), Str
 
 async fn replay<F>(
     config: &Config,
-    store: SqliteStore,
+    store: Arc<dyn Store>,
+    sqlite: Option<SqliteStore>,
     target: ReplayTarget,
     json: bool,
     init: F,
@@ -264,8 +277,12 @@ where
         .replay(&target, &matcher)
         .await
         .map_err(|e| e.to_string())?;
-    // A server working this file holds its lock; without one, run the jobs here.
-    let alone = store.lock_for_serving().map_err(|e| e.to_string())?;
+    // A server working the SQLite file holds its lock; without one, run the jobs here.
+    // PostgreSQL: the servers sharing the schema are woken (NOTIFY) and run them.
+    let alone = match &sqlite {
+        Some(file) => file.lock_for_serving().map_err(|e| e.to_string())?,
+        None => false,
+    };
     let ran = if alone && scheduled > 0 {
         Some(run_here(config, registry, store, init).await?)
     } else {
@@ -281,6 +298,9 @@ where
             Some(n) => {
                 out!("scheduled {scheduled} job(s); no server is running, so ran {n} here")
             }
+            None if scheduled > 0 && sqlite.is_none() => out!(
+                "scheduled {scheduled} job(s); the servers on this database pick them up (none runs them until one is started)"
+            ),
             None if scheduled > 0 => {
                 out!("scheduled {scheduled} job(s); the running server picks them up")
             }
@@ -295,7 +315,7 @@ where
 async fn run_here<F>(
     config: &Config,
     registry: Registry,
-    store: SqliteStore,
+    store: Arc<dyn Store>,
     init: F,
 ) -> Result<usize, String>
 where
@@ -306,7 +326,7 @@ where
         .map_err(|e| format!("the init step failed: {e}"))?;
     let dispatcher = Dispatcher::new(registry, state, config.handlers.clone())
         .with_timeout(Some(config.delivery.handler_timeout));
-    let inbox = Inbox::new(Arc::new(store), dispatcher, config.inbox.clone())
+    let inbox = Inbox::new(store, dispatcher, config.inbox.clone())
         .with_route_issuers(config.route_issuers());
     inbox.run_due().await.map_err(|e| e.to_string())
 }

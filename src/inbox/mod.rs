@@ -3,9 +3,11 @@
 //!
 //! - [`store`]: the storage contract (and its types), so backends share semantics.
 //! - [`sqlite`]: the embedded default, with group commit.
+//! - [`postgres`]: one database shared by server replicas, with leases and wake-ups.
 //! - [`Inbox`]: the workers: claim due jobs, run each (event, handler) once per attempt
 //!   with a timeout, retry with backoff and jitter, dead-letter, release on shutdown.
 
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
@@ -21,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::field::{Empty, display};
 
-use crate::config::InboxConfig;
+use crate::config::{Config, InboxConfig};
 use crate::dispatch::Dispatcher;
 use crate::handler::HandlerError;
 use crate::verify::read_claims;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{Enqueued, Store, StoreError};
 use store::{Finished, Job, JobKey, Outcome};
@@ -43,6 +46,23 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let delay = exp.min(cap);
     let half = delay / 2;
     half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Open the `[store]` the configuration names (SQLite file or PostgreSQL schema), applying
+/// migrations. Only opens it: a server also takes SQLite's serving lock and recovers jobs
+/// left in flight (see `Webhooks::open`).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config.store.backend.as_str() {
+        "postgres" => Arc::new(PgStore::open(&config.store).await?),
+        "sqlite" => {
+            Arc::new(SqliteStore::open(&config.store_path(), config.store.busy_timeout).await?)
+        }
+        other => {
+            return Err(StoreError::Schema(format!(
+                "[store] backend {other:?} is not \"sqlite\" or \"postgres\""
+            )));
+        }
+    })
 }
 
 /// The inbox's workers over one store.
@@ -95,6 +115,8 @@ impl Inbox {
         // Claimed jobs waiting for a worker: one claim (one commit) serves several jobs.
         let mut queue: VecDeque<Job> = VecDeque::new();
         let mut last_purge = Instant::now() - PURGE_EVERY;
+        // Another replica stored work: claim now rather than at the next poll.
+        let mut wake_ups = self.store.wake_ups();
         loop {
             while let Some(done) = tasks.try_join_next_with_id() {
                 running.remove(&done.map(|(id, ())| id).unwrap_or_else(|e| e.id()));
@@ -142,6 +164,16 @@ impl Inbox {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.wake.notified() => {}
+                changed = async {
+                    match wake_ups.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_err() {
+                        wake_ups = None;
+                    }
+                }
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     running.remove(&done.map(|(id, ())| id).unwrap_or_else(|e| e.id()));
                 }

@@ -76,6 +76,12 @@ UPDATE jobs SET due_at = lease_until WHERE status = 'in_flight' AND lease_until 
 CREATE INDEX jobs_active ON jobs (due_at) WHERE status IN ('pending', 'failed', 'in_flight');
 CREATE INDEX jobs_status ON jobs (status);
 "#,
+    // 3: every claim of a job gets the next number; `finish` and `release` name the claim
+    // they hold, so a late one (after the lease expired and the job was claimed again)
+    // changes nothing.
+    r#"
+ALTER TABLE jobs ADD COLUMN claim_seq INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The derived event status, as SQL over `e.id`.
@@ -368,11 +374,11 @@ async fn claim(
     let now = millis(Utc::now());
     let until = now + lease.as_millis() as i64;
     let rows = sqlx::query(
-        "UPDATE jobs SET status = 'in_flight', due_at = ?2, lease_until = ?2, updated_at = ?1
+        "UPDATE jobs SET status = 'in_flight', due_at = ?2, lease_until = ?2, claim_seq = claim_seq + 1, updated_at = ?1
          WHERE rowid IN (
              SELECT rowid FROM jobs INDEXED BY jobs_active WHERE status IN ('pending', 'failed', 'in_flight') AND due_at <= ?1
              ORDER BY due_at LIMIT ?3)
-         RETURNING event_row, handler, attempts",
+         RETURNING event_row, handler, attempts, claim_seq",
     )
     .bind(now)
     .bind(until)
@@ -391,6 +397,7 @@ async fn claim(
             key: JobKey {
                 event_row,
                 handler: row.try_get(1)?,
+                claim: row.try_get(3)?,
             },
             attempts: row.try_get::<i64, _>(2)? as u32,
             route: event.try_get(0)?,
@@ -409,10 +416,10 @@ async fn finish(tx: &mut SqliteConnection, f: &Finished) -> Result<(), sqlx::Err
         Outcome::Retry { error, due_at } => ("failed", Some(error.as_str()), Some(millis(*due_at))),
         Outcome::Dead { error } => ("dead", Some(error.as_str()), None),
     };
-    sqlx::query(
+    let held = sqlx::query(
         "UPDATE jobs SET status = ?3, attempts = attempts + 1, last_error = ?4, due_at = COALESCE(?5, due_at),
              lease_until = NULL, updated_at = ?6
-         WHERE event_row = ?1 AND handler = ?2 AND status = 'in_flight'",
+         WHERE event_row = ?1 AND handler = ?2 AND status = 'in_flight' AND claim_seq = ?7",
     )
     .bind(f.key.event_row)
     .bind(&f.key.handler)
@@ -420,8 +427,14 @@ async fn finish(tx: &mut SqliteConnection, f: &Finished) -> Result<(), sqlx::Err
     .bind(error)
     .bind(due)
     .bind(now)
+    .bind(f.key.claim)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if held == 0 {
+        late_finish(&f.key);
+        return Ok(());
+    }
     sqlx::query("INSERT INTO attempts (event_row, handler, started_at, duration_ms, error) VALUES (?1, ?2, ?3, ?4, ?5)")
         .bind(f.key.event_row)
         .bind(&f.key.handler)
@@ -433,16 +446,24 @@ async fn finish(tx: &mut SqliteConnection, f: &Finished) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// A finish for a claim that no longer holds its job: its lease expired and the job was
+/// claimed again (or handed back). The outcome is dropped; the current holder records its own.
+pub(crate) fn late_finish(key: &JobKey) {
+    tracing::warn!(handler = %key.handler, event_row = key.event_row, claim = key.claim,
+        "inbox: an attempt finished after its lease expired and the job was claimed again; its outcome is not recorded");
+}
+
 async fn release(tx: &mut SqliteConnection, keys: &[JobKey]) -> Result<(), sqlx::Error> {
     let now = millis(Utc::now());
     for key in keys {
         sqlx::query(
             "UPDATE jobs SET status = 'pending', lease_until = NULL, due_at = ?3, updated_at = ?3
-             WHERE event_row = ?1 AND handler = ?2 AND status = 'in_flight'",
+             WHERE event_row = ?1 AND handler = ?2 AND status = 'in_flight' AND claim_seq = ?4",
         )
         .bind(key.event_row)
         .bind(&key.handler)
         .bind(now)
+        .bind(key.claim)
         .execute(&mut *tx)
         .await?;
     }

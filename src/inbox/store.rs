@@ -37,13 +37,17 @@ pub enum Enqueued {
     Duplicate,
 }
 
-/// Identifies one (event, handler) job.
+/// Identifies one claim of one (event, handler) job.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct JobKey {
     /// The stored event's row id.
     pub event_row: i64,
     /// The handler's name.
     pub handler: String,
+    /// Which claim of the job this is (the store counts them). `finish` and `release` only
+    /// touch the job while it is still held under this claim: once the lease expired and
+    /// another worker (another replica) claimed it again, a late `finish` changes nothing.
+    pub claim: i64,
 }
 
 /// A claimed job: the handler to run and the event to give it.
@@ -250,7 +254,15 @@ pub enum StoreError {
     /// The store's writer has stopped (shutting down).
     #[error("store is shutting down")]
     Closed,
+    /// The database answers but takes no writes (a read-only standby or transaction).
+    #[error("store is read-only: {0}")]
+    ReadOnly(String),
 }
+
+/// Signals that another process sharing the store added or rescheduled work: idle workers
+/// claim at once instead of waiting for their next poll. The value carries nothing; each
+/// change is one wake-up, and changes that arrive while the workers are busy coalesce.
+pub type WakeUps = tokio::sync::watch::Receiver<()>;
 
 /// Computes the handlers that now match an event (route, type), for replay.
 pub type Matcher<'a> = &'a (dyn Fn(&str, &str) -> Vec<String> + Send + Sync);
@@ -266,10 +278,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// lease) for `lease`; a claimed job is not handed to anyone else until then.
     async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Job>, StoreError>;
 
-    /// Record the outcome of an attempt.
+    /// Record the outcome of an attempt, if the job is still held under `finished.key`'s
+    /// claim; otherwise (its lease expired and it was claimed again) change nothing, not even
+    /// the attempt history: the new holder's attempt is the one recorded.
     async fn finish(&self, finished: Finished) -> Result<(), StoreError>;
 
-    /// Hand claimed jobs back unrun (shutdown), due now, without counting an attempt.
+    /// Hand claimed jobs back unrun (shutdown), due now, without counting an attempt; jobs
+    /// no longer held under the key's claim are left alone.
     async fn release(&self, jobs: Vec<JobKey>) -> Result<(), StoreError>;
 
     /// When the next job falls due, if any is waiting.
@@ -304,4 +319,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Whether a write could start now (readiness): the write lock can be taken.
     async fn writable(&self) -> Result<(), StoreError>;
+
+    /// Wake-ups when another process adds work to this store (several replicas on one
+    /// database). `None`, the default: only this process adds work, and [`Inbox::wake`]
+    /// covers it.
+    ///
+    /// [`Inbox::wake`]: super::Inbox::wake
+    fn wake_ups(&self) -> Option<WakeUps> {
+        None
+    }
 }

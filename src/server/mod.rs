@@ -18,11 +18,13 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, DeliveryMode, InlineDedup, LimitsConfig, MetricsConfig};
+use crate::config::{
+    Config, ConfigError, DeliveryMode, InlineDedup, LimitsConfig, MetricsConfig, redact_url,
+};
 use crate::dedup::{KeyLocks, MemoryDedup};
 use crate::dispatch::Dispatcher;
 use crate::handler::State;
-use crate::inbox::{Inbox, SqliteStore, Store, StoreError};
+use crate::inbox::{Inbox, PgStore, SqliteStore, Store, StoreError};
 use crate::jwks::KeyStore;
 use crate::registry::{Pattern, Registry};
 use crate::verify::{TokenLimits, Verifier};
@@ -109,8 +111,10 @@ pub enum StartError {
 
 impl Webhooks {
     /// Build the receiver as `config` says, opening the `[store]` database when the
-    /// delivery mode (inbox, or inline with store dedup) needs it. Jobs a crash left in
-    /// flight are handed back first: call this once per process that serves.
+    /// delivery mode (inbox, or inline with store dedup) needs it. SQLite: take the file's
+    /// serving lock, and hand back jobs a crash left in flight: call this once per process
+    /// that serves. PostgreSQL: other replicas may hold claims, so in-flight jobs are left
+    /// to their leases, and any number of processes may serve one schema.
     pub async fn open(
         config: &Config,
         registry: Registry,
@@ -122,22 +126,35 @@ impl Webhooks {
         if !needs_store {
             return Ok(Self::new(config, registry, state)?);
         }
-        let path = config.store_path();
-        let store = SqliteStore::open(&path, config.store.busy_timeout).await?;
-        if config.delivery.mode == DeliveryMode::Inbox {
-            if !store.lock_for_serving()? {
-                return Err(StartError::StoreInUse(path.display().to_string()));
+        let store: Arc<dyn Store> = if config.store.backend == "postgres" {
+            let store = PgStore::open(&config.store).await?;
+            let url = config.store.url.as_deref().map(redact_url);
+            tracing::info!(
+                backend = "postgres",
+                url = url.as_deref().unwrap_or(""),
+                schema = store.schema(),
+                "store opened"
+            );
+            Arc::new(store)
+        } else {
+            let path = config.store_path();
+            let store = SqliteStore::open(&path, config.store.busy_timeout).await?;
+            if config.delivery.mode == DeliveryMode::Inbox {
+                if !store.lock_for_serving()? {
+                    return Err(StartError::StoreInUse(path.display().to_string()));
+                }
+                let recovered = store.recover_in_flight().await?;
+                if recovered > 0 {
+                    tracing::info!(
+                        jobs = recovered,
+                        "inbox: jobs left in flight by the last run are due again"
+                    );
+                }
             }
-            let recovered = store.recover_in_flight().await?;
-            if recovered > 0 {
-                tracing::info!(
-                    jobs = recovered,
-                    "inbox: jobs left in flight by the last run are due again"
-                );
-            }
-        }
-        tracing::info!(path = %path.display(), "store opened");
-        Ok(Self::with_store(config, registry, state, Arc::new(store))?)
+            tracing::info!(backend = "sqlite", path = %path.display(), "store opened");
+            Arc::new(store)
+        };
+        Ok(Self::with_store(config, registry, state, store)?)
     }
 
     /// Build a receiver that needs no store: inline delivery with in-memory or no dedup.

@@ -13,5 +13,6 @@ mod metrics;
 mod props;
 mod registry;
 mod routes;
+mod store;
 mod subscriptions;
 mod utils;

@@ -8,6 +8,7 @@ mod hostile;
 mod inbox;
 mod keys;
 mod metrics;
+mod nats;
 mod props;
 mod registry;
 mod routes;

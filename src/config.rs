@@ -38,6 +38,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[handlers.<name>]`: each handler's own settings, read through `Context::settings`.
     pub handlers: HashMap<String, toml::Value>,
+    /// `[[forward.nats]]`: handlers built from this file that pass events on elsewhere.
+    pub forward: ForwardConfig,
     /// The folder of the config file, which relative paths are resolved against.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -503,6 +505,7 @@ impl Config {
         {
             self.store.url = Some(url);
         }
+        self.forward.apply_env(var("NATS_URL"));
     }
 
     /// The routes, with the default one when none is configured.
@@ -653,6 +656,7 @@ impl Config {
         }
         self.validate_delivery()?;
         self.validate_limits()?;
+        self.forward.validate(self.delivery.handler_timeout)?;
         if !is_log_filter(&self.log.level) {
             return Err(invalid(
                 "log.level",
@@ -907,6 +911,185 @@ impl Config {
     }
 }
 
+/// The NATS server a `[[forward.nats]]` without `url` (and without env `NATS_URL`) uses.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// `[forward]`: handlers built from this file that pass each matching event on to another
+/// system. They are named, subscribe to patterns, and run (and are retried) like any handler.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// `[[forward.nats]]`: publish events to NATS JetStream (cargo feature `nats`).
+    pub nats: Vec<NatsForwardConfig>,
+}
+
+/// One `[[forward.nats]]`: publish each matching event to JetStream and wait for its ack.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsForwardConfig {
+    /// The handler's name: it keys the inbox's jobs, the logs and the metrics.
+    pub name: String,
+    /// The event types to forward: `user.created`, `user.*` or `*`.
+    pub patterns: Vec<String>,
+    /// The server, `nats://host:4222` (`tls://` for TLS; credentials as `nats://user:pass@host`).
+    /// When absent: env `NATS_URL`, else [`DEFAULT_NATS_URL`]. The environment fills in a
+    /// missing `url` but does not replace a written one, since forwarders may use different servers.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Events go to `<subject_prefix>.<event type>`, e.g. `kinde.user.created`.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// The JetStream stream expected to take the subjects, checked (or created) at start-up.
+    /// When absent, any stream covering the subjects will do; none is a publish failure.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Create `stream` (subjects `<subject_prefix>.>`) when it is missing; otherwise a missing
+    /// stream, or one that does not take the subjects, stops start-up.
+    #[serde(default)]
+    pub create_stream: bool,
+    /// How long a publish waits for JetStream's ack; no ack in time is a handler failure,
+    /// retried like any other (the message id keeps a late-arriving copy from counting twice).
+    #[serde(default = "default_ack_timeout", deserialize_with = "duration")]
+    pub ack_timeout: Duration,
+    /// The stream's duplicate window when this forwarder creates it: copies of one event
+    /// published within it are stored once.
+    #[serde(default = "default_duplicate_window", deserialize_with = "duration")]
+    pub duplicate_window: Duration,
+}
+
+fn default_subject_prefix() -> String {
+    "kinde".into()
+}
+
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl NatsForwardConfig {
+    /// The server to connect to: `url`, else [`DEFAULT_NATS_URL`].
+    pub fn server_url(&self) -> &str {
+        self.url.as_deref().unwrap_or(DEFAULT_NATS_URL)
+    }
+}
+
+impl ForwardConfig {
+    /// Fill in `url` from env `NATS_URL` where a forwarder names none.
+    fn apply_env(&mut self, nats_url: Option<String>) {
+        if let Some(url) = nats_url {
+            for nats in &mut self.nats {
+                nats.url.get_or_insert_with(|| url.clone());
+            }
+        }
+    }
+
+    /// Check every forwarder; errors name the key (`forward.nats[0].stream`) and the fix.
+    pub fn validate(&self, handler_timeout: Duration) -> Result<(), ConfigError> {
+        for (i, nats) in self.nats.iter().enumerate() {
+            let key = |field: &str| format!("forward.nats[{i}].{field}");
+            let name = &nats.name;
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            if !valid_name {
+                return Err(invalid(
+                    key("name"),
+                    format!(
+                        "{name:?} is not a handler name: use 1 to 64 of a-z, 0-9, '-', '_' and '.'"
+                    ),
+                ));
+            }
+            if self.nats[..i].iter().any(|n| n.name == *name) {
+                return Err(invalid(
+                    key("name"),
+                    format!("{name:?} names two [[forward.nats]]: handler names must be unique"),
+                ));
+            }
+            if nats.patterns.is_empty() {
+                return Err(invalid(
+                    key("patterns"),
+                    "is empty: list the types to forward, e.g. [\"user.*\"], or [\"*\"]",
+                ));
+            }
+            for p in &nats.patterns {
+                Pattern::parse(p).map_err(|e| invalid(key("patterns"), format!("{p:?} {e}")))?;
+            }
+            let url = nats.server_url();
+            let parsed = reqwest::Url::parse(url).map_err(|e| {
+                invalid(
+                    key("url"),
+                    format!("{url:?} is not a URL like \"nats://127.0.0.1:4222\": {e}"),
+                )
+            })?;
+            if !matches!(parsed.scheme(), "nats" | "tls")
+                || parsed.host_str().is_none_or(str::is_empty)
+            {
+                return Err(invalid(
+                    key("url"),
+                    format!("{url:?} must be nats://host:port (or tls://host:port for TLS)"),
+                ));
+            }
+            let prefix = &nats.subject_prefix;
+            let valid_prefix = !prefix.is_empty()
+                && prefix.split('.').all(|token| {
+                    !token.is_empty()
+                        && token
+                            .bytes()
+                            .all(|b| b.is_ascii_graphic() && !b"*>".contains(&b))
+                });
+            if !valid_prefix {
+                return Err(invalid(
+                    key("subject_prefix"),
+                    format!(
+                        "{prefix:?} is not a NATS subject like \"kinde\" or \"acme.kinde\": dot-separated, \
+                         no empty token, no spaces, no '*' or '>'"
+                    ),
+                ));
+            }
+            match &nats.stream {
+                Some(stream)
+                    if stream.is_empty()
+                        || !stream
+                            .bytes()
+                            .all(|b| b.is_ascii_graphic() && !b".*>/\\".contains(&b)) =>
+                {
+                    return Err(invalid(
+                        key("stream"),
+                        format!(
+                            "{stream:?} is not a stream name like \"KINDE\": no spaces, '.', '*', '>', '/' or '\\'"
+                        ),
+                    ));
+                }
+                None if nats.create_stream => {
+                    return Err(invalid(
+                        key("create_stream"),
+                        "needs `stream`: name the stream to create, e.g. stream = \"KINDE\"",
+                    ));
+                }
+                _ => {}
+            }
+            if nats.ack_timeout.is_zero() || nats.ack_timeout >= handler_timeout {
+                return Err(invalid(
+                    key("ack_timeout"),
+                    "must be more than 0 and less than delivery.handler_timeout (default \"5s\")",
+                ));
+            }
+            if nats.duplicate_window.is_zero() {
+                return Err(invalid(
+                    key("duplicate_window"),
+                    "must be more than 0 (default \"2m\")",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether `filter` reads as tracing directives: `level`, `target`, or `target=level`,
 /// comma-separated (span filters in `[...]` are left to the filter parser). Stricter than
 /// the parser itself, which takes almost anything as a target name.
@@ -1022,6 +1205,35 @@ mod tests {
                 "store.statement_timeout",
             ),
             ("[log]\nlevel = \"verbose!!\"", "log.level"),
+            (NATS_NO_PATTERNS, "forward.nats[0].patterns"),
+            (
+                "[[forward.nats]]\nname = \"n\"\npatterns = [\"*\"]\nurl = \"http://x:4222\"",
+                "forward.nats[0].url",
+            ),
+            (
+                "[[forward.nats]]\nname = \"n\"\npatterns = [\"*\"]\nsubject_prefix = \"a..b\"",
+                "forward.nats[0].subject_prefix",
+            ),
+            (
+                "[[forward.nats]]\nname = \"n\"\npatterns = [\"*\"]\nstream = \"a.b\"",
+                "forward.nats[0].stream",
+            ),
+            (
+                "[[forward.nats]]\nname = \"n\"\npatterns = [\"*\"]\ncreate_stream = true",
+                "forward.nats[0].create_stream",
+            ),
+            (
+                "[[forward.nats]]\nname = \"n\"\npatterns = [\"*\"]\nack_timeout = \"1m\"",
+                "forward.nats[0].ack_timeout",
+            ),
+            (
+                "[[forward.nats]]\nname = \"N\"\npatterns = [\"*\"]",
+                "forward.nats[0].name",
+            ),
+            (
+                "[[forward.nats]]\nname = \"n\"\npatterns = [\"*\"]\n[[forward.nats]]\nname = \"n\"\npatterns = [\"*\"]",
+                "forward.nats[1].name",
+            ),
         ];
         for (text, want) in cases {
             match with_issuer(text).validate() {
@@ -1029,6 +1241,26 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    const NATS_NO_PATTERNS: &str = "[[forward.nats]]\nname = \"n\"\npatterns = []";
+
+    #[test]
+    fn nats_forwarders_default_and_nats_url_fills_a_missing_url() {
+        let text = "[[forward.nats]]\nname = \"nats\"\npatterns = [\"user.*\"]\n\
+                    [[forward.nats]]\nname = \"other\"\npatterns = [\"*\"]\nurl = \"nats://10.0.0.1:4222\"";
+        let mut c = with_issuer(text);
+        c.validate().unwrap();
+        let n = &c.forward.nats[0];
+        assert_eq!(n.server_url(), DEFAULT_NATS_URL);
+        assert_eq!(n.subject_prefix, "kinde");
+        assert_eq!(n.ack_timeout, Duration::from_secs(5));
+        assert!(n.stream.is_none() && !n.create_stream);
+        c.apply_env(|k| (k == "NATS_URL").then(|| "nats://nats.internal:4222".into()));
+        assert_eq!(c.forward.nats[0].server_url(), "nats://nats.internal:4222");
+        assert_eq!(c.forward.nats[1].server_url(), "nats://10.0.0.1:4222");
+        assert!(Config::from_toml("[[forward.nats]]\nname = \"n\"", "t").is_err());
+        assert!(Config::from_toml("[[forward.kafka]]\nname = \"n\"", "t").is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`dedup`]: inline mode's bounded in-memory dedup.
 //! - [`inbox`]: the durable inbox: store before the 200, then workers with retries.
 //! - [`dispatch`]: runs the matching handlers of one event and collects their outcomes.
+//! - [`forward`]: handlers built from config that pass events on (`[[forward.nats]]`).
 //! - [`server`]: the axum router for the webhook routes, and `run` for the bundled server.
 //! - [`reply`]: the one place where an outcome becomes an HTTP status and body.
 //! - [`signing`]: signs Kinde-shaped events with a local RSA key (dev mode, `send`, tests).
@@ -32,6 +33,7 @@ pub mod config;
 pub mod dedup;
 pub mod dispatch;
 pub mod event;
+pub mod forward;
 pub mod handler;
 pub mod inbox;
 pub mod jwks;
@@ -51,6 +53,7 @@ pub use async_trait::async_trait;
 pub use config::Config;
 pub use dispatch::Dispatcher;
 pub use event::{Delivery, Event, EventType, Source};
+pub use forward::Forwarders;
 pub use handler::{
     Context, EventHandler, HandlerError, HandlerRegistration, State, Typed, TypedHandler,
 };

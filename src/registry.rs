@@ -151,7 +151,8 @@ pub struct Entry {
     pub name: Arc<str>,
     /// What it subscribes to.
     pub patterns: Vec<Pattern>,
-    /// Where it was registered (a module path, or `explicit` for handlers given in code).
+    /// Where it was registered: a module path, `explicit` for handlers given in code, or
+    /// the config section that built it (`config: [[forward.nats]]`).
     pub module: String,
     /// The handler itself.
     pub handler: Arc<dyn EventHandler>,
@@ -182,6 +183,31 @@ pub struct RegistryBuilder {
     pending: Vec<Pending>,
     /// Names asked for with [`RegistryBuilder::inventory_named`] that are not registered.
     missing: Vec<String>,
+}
+
+/// A handler built at start-up from configuration (a `[[forward.nats]]`, say) rather than
+/// registered in code. It goes through the same checks as every other handler, so its name
+/// may not repeat an `inventory` handler's.
+#[derive(Clone)]
+pub struct ConfiguredHandler {
+    /// Its name, from the config.
+    pub name: String,
+    /// Its patterns, as written in the config.
+    pub patterns: Vec<String>,
+    /// The config section it came from, shown in the handler table, e.g. `config: [[forward.nats]]`.
+    pub source: String,
+    /// The handler itself.
+    pub handler: Arc<dyn EventHandler>,
+}
+
+impl fmt::Debug for ConfiguredHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfiguredHandler")
+            .field("name", &self.name)
+            .field("patterns", &self.patterns)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A handler as given, before its name and patterns are checked.
@@ -254,6 +280,19 @@ impl RegistryBuilder {
                 patterns,
                 module,
                 handler,
+            });
+        }
+        self
+    }
+
+    /// Add handlers built from configuration (see [`crate::forward::Forwarders::handlers`]).
+    pub fn configured(mut self, handlers: impl IntoIterator<Item = ConfiguredHandler>) -> Self {
+        for h in handlers {
+            self.pending.push(Pending {
+                name: h.name,
+                patterns: h.patterns,
+                module: h.source,
+                handler: h.handler,
             });
         }
         self
@@ -431,6 +470,39 @@ mod tests {
         assert!(matches!(r, Err(RegistryError::BadName(_))));
         let r = Registry::builder().handler("a", &[], Noop).build();
         assert!(matches!(r, Err(RegistryError::NoPatterns(_))));
+    }
+
+    #[test]
+    fn configured_handlers_are_checked_like_the_others() {
+        let configured = |name: &str, pattern: &str| ConfiguredHandler {
+            name: name.into(),
+            patterns: vec![pattern.into()],
+            source: "config: [[forward.nats]]".into(),
+            handler: Arc::new(Noop),
+        };
+        let r = Registry::builder()
+            .handler("nats", &["*"], Noop)
+            .configured([configured("nats", "user.*")])
+            .build();
+        let message = r.unwrap_err().to_string();
+        assert!(
+            message.contains("\"nats\"") && message.contains("config: [[forward.nats]]"),
+            "{message}"
+        );
+        let r = Registry::builder()
+            .configured([configured("fwd", "user*")])
+            .build();
+        assert!(matches!(r, Err(RegistryError::BadPattern { .. })));
+        let r = Registry::builder()
+            .handler("a", &["*"], Noop)
+            .configured([configured("fwd", "user.*")])
+            .build()
+            .unwrap();
+        let e = r.handlers_for("user.created").nth(1).unwrap();
+        assert_eq!(
+            (&*e.name, e.module.as_str()),
+            ("fwd", "config: [[forward.nats]]")
+        );
     }
 
     #[test]

@@ -316,6 +316,39 @@ async fn verify_explains_the_verdict_step_by_step() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("✗ header"));
 }
 
+#[test]
+fn handlers_command_lists_config_built_forwarders_and_refuses_a_taken_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let handlers = |name: &str| {
+        let toml = format!(
+            "[[forward.nats]]\nname = \"{name}\"\npatterns = [\"user.*\"]\nurl = \"nats://127.0.0.1:9\""
+        );
+        std::fs::write(&config, toml).unwrap();
+        // Listing does not connect: nothing listens on port 9.
+        Command::new(BIN)
+            .args(["handlers", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = handlers("to-nats");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("user.*          to-nats (config: [[forward.nats]])"),
+        "{stdout}"
+    );
+    let out = handlers("log-user-created");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("two handlers are named \"log-user-created\"")
+            && stderr.contains("config: [[forward.nats]]"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn check_validates_the_config_and_reaches_the_jwks() {
     let key = SigningKey::generate().unwrap();

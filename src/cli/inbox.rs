@@ -253,7 +253,8 @@ async fn replay<F>(
 where
     F: AsyncFn(&Config) -> Result<State, BoxError>,
 {
-    let registry = build_registry()?;
+    let (registry, forwarders) = build_registry(config)?;
+    forwarders.start().await.map_err(|e| e.to_string())?;
     let routes = config.effective_routes();
     let matcher = |route: &str, event_type: &str| -> Vec<String> {
         let accepted = routes

@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
+use crate::forward::Forwarders;
 use crate::handler::{BoxError, State};
 use crate::registry::Registry;
 use crate::signing::SigningKey;
@@ -69,9 +70,11 @@ enum Command {
     },
     /// Sign a Kinde-shaped event with the dev key and POST it to a receiver.
     Send(SendArgs),
-    /// Print the handler table: pattern -> handler (module).
+    /// Print the handler table: pattern -> handler (module, or the config section that
+    /// built it, e.g. `config: [[forward.nats]]`).
     Handlers,
-    /// Validate the configuration and the handler registry, and reach the JWKS once.
+    /// Validate the configuration and the handler registry, reach the JWKS once, and
+    /// connect each forwarder (checking, or creating, its NATS stream as `serve` would).
     Check,
     /// Verify a token offline and explain the verdict step by step: header, alg, kid and
     /// where the keys came from, signature, payload, and which routes and handlers would
@@ -214,7 +217,7 @@ where
             Command::Serve => run::serve(config, init).await,
             Command::Dev { dir, no_demo } => run::dev(config, &dir, !no_demo, init).await,
             Command::Send(args) => send::send(config, args).await,
-            Command::Handlers => handlers(),
+            Command::Handlers => handlers(config),
             Command::Inbox(command) => inbox::run(config, command, init).await,
             Command::Check => verify::check(config).await,
             Command::Verify {
@@ -253,8 +256,16 @@ fn load_config(explicit: Option<PathBuf>) -> Result<Config, String> {
     Config::read(config_path(explicit).as_deref()).map_err(|e| e.to_string())
 }
 
-fn build_registry() -> Result<Registry, String> {
-    Registry::from_inventory().map_err(|e| e.to_string())
+/// The handlers registered through `inventory` plus those `config` builds (forwarders,
+/// not started yet: see [`Forwarders::start`]).
+fn build_registry(config: &Config) -> Result<(Registry, Forwarders), String> {
+    let forwarders = Forwarders::from_config(config).map_err(|e| e.to_string())?;
+    let registry = Registry::builder()
+        .inventory()
+        .configured(forwarders.handlers())
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((registry, forwarders))
 }
 
 /// The dev signing key in `dir`, generated and saved on first use.
@@ -305,9 +316,9 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn handlers() -> ExitCode {
-    let registry = match build_registry() {
-        Ok(r) => r,
+fn handlers(config: Option<PathBuf>) -> ExitCode {
+    let registry = match load_config(config).and_then(|c| build_registry(&c)) {
+        Ok((r, _)) => r,
         Err(e) => return fail(2, e),
     };
     let table = registry.table();

@@ -80,7 +80,9 @@ async fn open<F>(config: &Config, init: F) -> Result<Webhooks, ExitCode>
 where
     F: AsyncFn(&Config) -> Result<State, BoxError>,
 {
-    let registry = build_registry().map_err(|e| fail(2, e))?;
+    let (registry, forwarders) = build_registry(config).map_err(|e| fail(2, e))?;
+    // A NATS server that is down is logged and retried; one that refuses the stream stops us.
+    forwarders.start().await.map_err(|e| fail(1, e))?;
     let state = init(config)
         .await
         .map_err(|e| fail(1, format!("the init step failed: {e}")))?;

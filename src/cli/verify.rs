@@ -162,8 +162,8 @@ pub(super) async fn verify(
         };
         out!("  route {}: {verdict}", route.path);
     }
-    match build_registry() {
-        Ok(registry) => {
+    match build_registry(&config) {
+        Ok((registry, _)) => {
             let names: Vec<String> = registry
                 .handlers_for(&event.event_type)
                 .map(|e| e.name.to_string())
@@ -182,7 +182,8 @@ pub(super) async fn verify(
     ExitCode::SUCCESS
 }
 
-/// Validate the configuration and reach the JWKS once; exit 0 only when both work.
+/// Validate the configuration, reach the JWKS once and start each forwarder (connect, and
+/// check or create its stream as `serve` would); exit 0 only when all of it works.
 pub(super) async fn check(config: Option<PathBuf>) -> ExitCode {
     let config = match load_config(config) {
         Ok(c) => c,
@@ -195,14 +196,31 @@ pub(super) async fn check(config: Option<PathBuf>) -> ExitCode {
     for warning in config.warnings() {
         out!("! {warning}");
     }
-    match build_registry().and_then(|r| {
+    let forwarders = match build_registry(&config).and_then(|(r, f)| {
         config
             .check_handler_sections(r.entries().iter().map(|e| &*e.name))
-            .map(|()| r)
+            .map(|()| (r, f))
             .map_err(|e| e.to_string())
     }) {
-        Ok(registry) => out!("✓ {} handler(s) registered", registry.entries().len()),
+        Ok((registry, forwarders)) => {
+            out!("✓ {} handler(s) registered", registry.entries().len());
+            forwarders
+        }
         Err(e) => return fail(2, e),
+    };
+    let mut failed = false;
+    match forwarders.start().await {
+        Ok(statuses) => {
+            for s in statuses {
+                let mark = if s.reachable { "✓" } else { "✗" };
+                failed |= !s.reachable;
+                out!("{mark} forwarder {}: {}", s.name, s.detail);
+            }
+        }
+        Err(e) => {
+            out!("✗ {e}");
+            failed = true;
+        }
     }
     // Every issuer the routes verify against, once each.
     let mut urls: Vec<String> = Vec::new();
@@ -214,7 +232,11 @@ pub(super) async fn check(config: Option<PathBuf>) -> ExitCode {
         }
     }
     let client = client();
-    let mut code = ExitCode::SUCCESS;
+    let mut code = if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    };
     for url in urls {
         match fetch_key_set(&client, &url).await {
             Ok((keys, max_age)) => {

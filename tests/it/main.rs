@@ -10,6 +10,7 @@ mod inbox;
 mod keys;
 mod kit;
 mod metrics;
+mod nats;
 mod props;
 mod registry;
 mod routes;

@@ -240,9 +240,23 @@ inventory::collect!(HandlerRegistration);
 
 /// Register a handler in one line next to its definition.
 ///
-/// ```ignore
+/// ```standalone_crate
+/// use kinde_webhooks::{Context, Event, EventHandler, HandlerError, Registry, async_trait};
+///
+/// struct WelcomeEmail;
+///
+/// #[async_trait]
+/// impl EventHandler for WelcomeEmail {
+///     async fn handle(&self, _event: &Event, _ctx: &Context) -> Result<(), HandlerError> {
+///         Ok(())
+///     }
+/// }
+///
 /// kinde_webhooks::register_handler!(WelcomeEmail, name = "welcome-email", patterns = ["user.created"]);
-/// kinde_webhooks::register_handler!(Typed(SyncOrg), name = "sync-org", patterns = ["organization.*"]);
+/// // A `TypedHandler` registers wrapped: `register_handler!(Typed(SyncOrg), name = ..., patterns = [...])`.
+///
+/// let registry = Registry::from_inventory().unwrap();
+/// assert!(registry.handlers_for("user.created").any(|e| &*e.name == "welcome-email"));
 /// ```
 ///
 /// The handler expression is evaluated once, when the registry is built.

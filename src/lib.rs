@@ -6,6 +6,55 @@
 //! into an [`Event`], and dispatches it to the [`EventHandler`]s whose patterns match its
 //! type. Handlers register themselves with [`register_handler!`]; there is no central switch.
 //!
+//! # Example
+//!
+//! A handler, registered next to its definition, and the receiver serving it. Here the
+//! issuer is the test kit's stand-in for Kinde (feature `testing`); in production it is
+//! `https://<your_subdomain>.kinde.com` (`KINDE_ISSUER_URL`), and the bundled binary or
+//! [`run`] serves [`Webhooks::app`] on your port.
+//!
+//! ```standalone_crate
+//! use kinde_webhooks::payload::UserPayload;
+//! use kinde_webhooks::testing::TestIssuer;
+//! use kinde_webhooks::{
+//!     Config, Context, Event, HandlerError, Registry, State, Typed, TypedHandler, Webhooks,
+//!     async_trait, register_handler,
+//! };
+//!
+//! /// Provisions every new user.
+//! struct Provision;
+//!
+//! #[async_trait]
+//! impl TypedHandler for Provision {
+//!     type Payload = UserPayload;
+//!
+//!     async fn handle(&self, p: UserPayload, e: &Event, _: &Context) -> Result<(), HandlerError> {
+//!         println!("{}: provision {}", e.event_id, p.user.id);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! register_handler!(Typed(Provision), name = "provision", patterns = ["user.created"]);
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let kinde = TestIssuer::start().await;
+//! let mut config = Config::default(); // or Config::load(Some(path)): config.toml + env
+//! config.kinde.issuer_url = Some(kinde.url());
+//! config.delivery.mode = kinde_webhooks::config::DeliveryMode::Inline;
+//! let webhooks = Webhooks::open(&config, Registry::from_inventory()?, State::new()).await?;
+//!
+//! // Serve it: `kinde_webhooks::run(listener, webhooks, shutdown)`, or mount
+//! // `webhooks.router()` in your own axum app. Here one request goes straight in:
+//! use tower::ServiceExt;
+//! let token = kinde.sign(&kinde.event("user.created"));
+//! let request = axum::http::Request::post("/api/kinde-webhook").body(axum::body::Body::from(token))?;
+//! let response = webhooks.router().oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //! - [`cli`]: the bundled server's command line (`serve`, `dev`, `send`, `handlers`).
 //! - [`config`]: `config.toml` + environment, with defaults and validation.

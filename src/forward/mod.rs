@@ -6,10 +6,15 @@
 //! [`RegistryBuilder::configured`](crate::registry::RegistryBuilder::configured), runs under
 //! the same dispatcher, and a failed publish is a handler failure the inbox retries.
 //!
-//! ```ignore
+//! ```no_run
+//! # use kinde_webhooks::{Config, Forwarders, Registry};
+//! # async fn start(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 //! let forwarders = Forwarders::from_config(&config)?; // no I/O: checks the section
 //! forwarders.start().await?; // connects; checks or creates the streams
 //! let registry = Registry::builder().inventory().configured(forwarders.handlers()).build()?;
+//! # let _ = registry;
+//! # Ok(())
+//! # }
 //! ```
 
 #[cfg(feature = "nats")]

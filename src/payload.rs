@@ -4,8 +4,8 @@
 //! later. `passkey.*` and `customer.*` have no published schema: read those through
 //! [`crate::Event::data`] or [`crate::Event::data_as`].
 
-use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
+use serde::{Deserialize, Serialize};
 
 /// A typed `data` shape and the event types that carry it.
 pub trait Payload: DeserializeOwned + Send + 'static {
@@ -25,7 +25,7 @@ where
 macro_rules! payload {
     ($(#[$doc:meta])* $name:ident { $field:ident: $ty:ty } => [$($t:literal),+]) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
         #[non_exhaustive]
         pub struct $name {
             #[allow(missing_docs)]
@@ -80,7 +80,7 @@ payload!(
 );
 
 /// A Kinde user, as sent on `user.created` and `user.updated`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct User {
     /// `kp_` + 32 hex.
@@ -112,7 +112,7 @@ pub struct User {
 }
 
 /// One organization membership of a [`User`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct UserOrganization {
     /// `org_` + 11 hex.
@@ -126,7 +126,7 @@ pub struct UserOrganization {
 }
 
 /// A role or permission as a user carries it: its id and its key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct KeyRef {
     /// A UUID.
@@ -136,7 +136,7 @@ pub struct KeyRef {
 }
 
 /// A user known by id only (deleted, authenticated, authentication failed).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct UserRef {
     /// `kp_` + 32 hex.
@@ -144,7 +144,7 @@ pub struct UserRef {
 }
 
 /// A Kinde organization, as sent on `organization.created` and `organization.updated`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct Organization {
     /// `org_` + 11 hex.
@@ -164,7 +164,7 @@ pub struct Organization {
 }
 
 /// An organization known by code only (`organization.deleted`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct OrganizationRef {
     /// `org_` + 11 hex.
@@ -172,7 +172,7 @@ pub struct OrganizationRef {
 }
 
 /// A role, as sent on `role.created` and `role.updated`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct Role {
     /// A UUID.
@@ -191,7 +191,7 @@ pub struct Role {
 }
 
 /// A permission, as sent on `permission.created` and `permission.updated`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct Permission {
     /// A UUID.
@@ -207,7 +207,7 @@ pub struct Permission {
 }
 
 /// A role or permission known by id only (the `*.deleted` events).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct IdRef {
     /// A UUID.
@@ -215,7 +215,7 @@ pub struct IdRef {
 }
 
 /// A subscriber, as sent on `subscriber.created`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct Subscriber {
     /// The subscriber's id.
@@ -235,7 +235,7 @@ pub struct Subscriber {
 }
 
 /// An access request, as sent on `access_request.created`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[non_exhaustive]
 pub struct AccessRequest {
     /// The address access was requested for.

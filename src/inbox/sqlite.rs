@@ -354,14 +354,19 @@ async fn enqueue(tx: &mut SqliteConnection, e: &NewEvent) -> Result<Enqueued, sq
     let Some(row) = row else {
         return Ok(Enqueued::Duplicate);
     };
-    let now = millis(e.received_at);
-    for handler in &e.handlers {
-        sqlx::query("INSERT INTO jobs (event_row, handler, status, attempts, due_at, updated_at) VALUES (?1, ?2, 'pending', 0, ?3, ?3)")
-            .bind(row)
-            .bind(&**handler)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+    if !e.handlers.is_empty() {
+        // Every job of the event in one statement.
+        let handlers: Vec<&str> = e.handlers.iter().map(|h| &**h).collect();
+        let handlers = serde_json::to_string(&handlers).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "INSERT INTO jobs (event_row, handler, status, attempts, due_at, updated_at)
+             SELECT ?1, value, 'pending', 0, ?3, ?3 FROM json_each(?2)",
+        )
+        .bind(row)
+        .bind(handlers)
+        .bind(millis(e.received_at))
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(Enqueued::Stored)
 }
@@ -385,14 +390,32 @@ async fn claim(
     .bind(limit as i64)
     .fetch_all(&mut *tx)
     .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The claimed jobs' events in one query (not one per job): the writer is the bottleneck.
+    let ids = rows
+        .iter()
+        .map(|row| row.try_get::<i64, _>(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids_json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+    let events = sqlx::query(
+        "SELECT id, route, webhook_id, claims, received_at FROM events
+         WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(ids_json)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut by_id = std::collections::HashMap::with_capacity(events.len());
+    for event in &events {
+        by_id.insert(event.try_get::<i64, _>(0)?, event);
+    }
     let mut jobs = Vec::with_capacity(rows.len());
-    for row in rows {
-        let event_row: i64 = row.try_get(0)?;
-        let event =
-            sqlx::query("SELECT route, webhook_id, claims, received_at FROM events WHERE id = ?1")
-                .bind(event_row)
-                .fetch_one(&mut *tx)
-                .await?;
+    for (row, event_row) in rows.iter().zip(ids) {
+        // Jobs reference their event (foreign key, same transaction): it is there.
+        let Some(event) = by_id.get(&event_row) else {
+            return Err(sqlx::Error::RowNotFound);
+        };
         jobs.push(Job {
             key: JobKey {
                 event_row,
@@ -400,10 +423,10 @@ async fn claim(
                 claim: row.try_get(3)?,
             },
             attempts: row.try_get::<i64, _>(2)? as u32,
-            route: event.try_get(0)?,
-            webhook_id: event.try_get(1)?,
-            claims: event.try_get(2)?,
-            received_at: from_millis(event.try_get(3)?),
+            route: event.try_get(1)?,
+            webhook_id: event.try_get(2)?,
+            claims: event.try_get(3)?,
+            received_at: from_millis(event.try_get(4)?),
         });
     }
     Ok(jobs)

@@ -124,24 +124,6 @@ impl EventHandler for NotifyCrm {
     }
 }
 
-/// What Kinde does for each event: sign it and POST the bare JWT, with a `webhook-id`.
-async fn deliver(
-    client: &reqwest::Client,
-    kinde: &TestIssuer,
-    url: &str,
-    event: &TestEvent,
-) -> Result<(u16, String), BoxError> {
-    let mut request = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/jwt")
-        .body(kinde.sign(event));
-    if let Some(id) = event.delivery_id() {
-        request = request.header("webhook-id", id);
-    }
-    let response = request.send().await?;
-    Ok((response.status().as_u16(), response.text().await?))
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let kinde = TestIssuer::start().await; // the stand-in for your Kinde environment
@@ -184,11 +166,10 @@ async fn main() -> Result<(), BoxError> {
             .await
     });
 
-    let client = reqwest::Client::new();
     let send = async |what: &str, event: &TestEvent| -> Result<(), BoxError> {
-        let event_type = event.claims()["type"].as_str().unwrap_or_default();
+        let event_type = event.event_type();
         println!("  POST {what}{event_type} {}", event.id());
-        let (status, body) = deliver(&client, &kinde, &url, event).await?;
+        let (status, body) = kinde.deliver(&url, event).await;
         println!("    <- {status} {body}");
         Ok(())
     };

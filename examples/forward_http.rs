@@ -44,7 +44,7 @@ use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, StatusCode};
 use kinde_webhooks::handler::BoxError;
 use kinde_webhooks::inbox::store::ListFilter;
-use kinde_webhooks::testing::{TestEvent, TestIssuer};
+use kinde_webhooks::testing::TestIssuer;
 use kinde_webhooks::{
     Config, Context, Event, EventHandler, HandlerError, Registry, State, Webhooks, async_trait,
 };
@@ -152,24 +152,6 @@ async fn downstream(
     (status, body)
 }
 
-/// What Kinde does for each event: sign it and POST the bare JWT, with a `webhook-id`.
-async fn deliver(
-    client: &reqwest::Client,
-    kinde: &TestIssuer,
-    url: &str,
-    event: &TestEvent,
-) -> Result<(u16, String), BoxError> {
-    let mut request = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/jwt")
-        .body(kinde.sign(event));
-    if let Some(id) = event.delivery_id() {
-        request = request.header("webhook-id", id);
-    }
-    let response = request.send().await?;
-    Ok((response.status().as_u16(), response.text().await?))
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     // The downstream service, standing in for yours.
@@ -212,7 +194,6 @@ async fn main() -> Result<(), BoxError> {
             .await
     });
 
-    let client = reqwest::Client::new();
     let created = kinde.event("user.created");
     let events = [
         ("", &created),
@@ -222,8 +203,8 @@ async fn main() -> Result<(), BoxError> {
         ("(Kinde's retry) ", &created),
     ];
     for (what, event) in events {
-        let event_type = event.claims()["type"].as_str().unwrap_or_default();
-        let (status, body) = deliver(&client, &kinde, &url, event).await?;
+        let event_type = event.event_type();
+        let (status, body) = kinde.deliver(&url, event).await;
         println!(
             "  POST {what}{event_type} {} <- {status} {body}",
             event.id()

@@ -28,7 +28,7 @@
 use std::sync::{Arc, Mutex};
 
 use kinde_webhooks::handler::BoxError;
-use kinde_webhooks::testing::{TestEvent, TestIssuer};
+use kinde_webhooks::testing::TestIssuer;
 use kinde_webhooks::{
     Config, Context, Event, EventHandler, HandlerError, Registry, State, Webhooks, async_trait,
 };
@@ -162,27 +162,8 @@ async fn serve(
     Ok(Running { base, stop, task })
 }
 
-/// What Kinde does for each event: sign it and POST the bare JWT, with a `webhook-id`.
-async fn deliver(
-    client: &reqwest::Client,
-    kinde: &TestIssuer,
-    url: &str,
-    event: &TestEvent,
-) -> Result<(u16, String), BoxError> {
-    let mut request = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/jwt")
-        .body(kinde.sign(event));
-    if let Some(id) = event.delivery_id() {
-        request = request.header("webhook-id", id);
-    }
-    let response = request.send().await?;
-    Ok((response.status().as_u16(), response.text().await?))
-}
-
 /// Deliver `event_type` to `path` and print the reply and the handlers that ran.
 async fn show(
-    client: &reqwest::Client,
     kinde: &TestIssuer,
     server: &Running,
     path: &str,
@@ -191,7 +172,9 @@ async fn show(
 ) -> Result<(), BoxError> {
     let event = kinde.event(event_type);
     println!("  POST {path}  {event_type}");
-    let (status, body) = deliver(client, kinde, &format!("{}{path}", server.base), &event).await?;
+    let (status, body) = kinde
+        .deliver(&format!("{}{path}", server.base), &event)
+        .await;
     let handlers = ran.take();
     let handlers = if handlers.is_empty() {
         "none".to_owned()
@@ -225,45 +208,20 @@ async fn main() -> Result<(), BoxError> {
     println!("\n== 1. grouped: one endpoint accepting every event ==");
     let server = serve(GROUPED, &kinde.url(), registry.clone(), state.clone()).await?;
     let route = "/api/kinde-webhook";
-    show(&client, &kinde, &server, route, "user.created", &ran).await?;
-    show(
-        &client,
-        &kinde,
-        &server,
-        route,
-        "organization.created",
-        &ran,
-    )
-    .await?;
+    show(&kinde, &server, route, "user.created", &ran).await?;
+    show(&kinde, &server, route, "organization.created", &ran).await?;
     // Accepted by the route, but no handler subscribed: acknowledged, nothing runs.
-    show(&client, &kinde, &server, route, "role.created", &ran).await?;
+    show(&kinde, &server, route, "role.created", &ran).await?;
     server.stop().await?;
 
     println!("\n== 2. split: one endpoint per group ==");
     let server = serve(SPLIT, &kinde.url(), registry, state).await?;
-    show(
-        &client,
-        &kinde,
-        &server,
-        "/hooks/users",
-        "user.created",
-        &ran,
-    )
-    .await?;
-    show(
-        &client,
-        &kinde,
-        &server,
-        "/hooks/users",
-        "user.updated",
-        &ran,
-    )
-    .await?;
+    show(&kinde, &server, "/hooks/users", "user.created", &ran).await?;
+    show(&kinde, &server, "/hooks/users", "user.updated", &ran).await?;
     let orgs = "/hooks/organizations";
-    show(&client, &kinde, &server, orgs, "organization.updated", &ran).await?;
+    show(&kinde, &server, orgs, "organization.updated", &ran).await?;
     println!("  -- an organization event on the users' endpoint: acknowledged, not dispatched");
     show(
-        &client,
         &kinde,
         &server,
         "/hooks/users",

@@ -98,24 +98,6 @@ register_handler!(
     patterns = ["user.created", "user.updated"]
 );
 
-/// What Kinde does for each event: sign it and POST the bare JWT, with a `webhook-id`.
-async fn deliver(
-    client: &reqwest::Client,
-    kinde: &TestIssuer,
-    url: &str,
-    event: &TestEvent,
-) -> Result<(u16, String), BoxError> {
-    let mut request = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/jwt")
-        .body(kinde.sign(event));
-    if let Some(id) = event.delivery_id() {
-        request = request.header("webhook-id", id);
-    }
-    let response = request.send().await?;
-    Ok((response.status().as_u16(), response.text().await?))
-}
-
 /// Serve `registry` on a loopback port, deliver each event, print what came back, stop.
 async fn serve(
     config: &Config,
@@ -144,12 +126,11 @@ async fn serve(
             .await
     });
 
-    let client = reqwest::Client::new();
     for event in events {
         let data = serde_json::to_string(&event.claims()["data"])?;
-        let event_type = event.claims()["type"].as_str().unwrap_or_default();
+        let event_type = event.event_type();
         println!("  POST {event_type}  data={data}");
-        let (status, body) = deliver(&client, kinde, &url, event).await?;
+        let (status, body) = kinde.deliver(&url, event).await;
         println!("    <- {status} {body}");
     }
 

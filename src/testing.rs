@@ -247,6 +247,7 @@ fn test_config(toml: &str, issuer: &str) -> Config {
 pub struct TestIssuer {
     key: Arc<SigningKey>,
     jwks: JwksServer,
+    client: reqwest::Client,
 }
 
 impl TestIssuer {
@@ -259,9 +260,14 @@ impl TestIssuer {
     /// Serve the JWKS of `key` (one loaded with [`SigningKey::from_pem`], say).
     pub async fn with_key(key: SigningKey) -> Self {
         let jwks = JwksServer::start(&[&key]).await;
+        let client = reqwest::Client::builder()
+            .timeout(DEADLINE)
+            .build()
+            .expect("HTTP client");
         Self {
             key: Arc::new(key),
             jwks,
+            client,
         }
     }
 
@@ -290,6 +296,21 @@ impl TestIssuer {
     /// The token Kinde would send for `event`.
     pub fn sign(&self, event: &TestEvent) -> String {
         self.key.sign(&event.claims)
+    }
+
+    /// Sign `event` and POST it to `url` as Kinde does (`Content-Type: application/jwt`,
+    /// its `webhook-id`): for a receiver the test serves itself (a router mounted in its
+    /// own app, say). The status, and the body as JSON (a JSON string when it is not JSON).
+    pub async fn deliver(&self, url: &str, event: &TestEvent) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/jwt")
+            .body(self.sign(event));
+        if let Some(id) = event.delivery_id() {
+            request = request.header(WEBHOOK_ID_HEADER, id);
+        }
+        send(request).await
     }
 
     /// Sign a whole claims object as it is (nothing added).
@@ -366,6 +387,11 @@ impl TestEvent {
     /// The claims that will be signed.
     pub fn claims(&self) -> &Value {
         &self.claims
+    }
+
+    /// The event type.
+    pub fn event_type(&self) -> &str {
+        self.claims["type"].as_str().unwrap_or_default()
     }
 
     /// The signed `event_id`.

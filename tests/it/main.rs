@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod environments;
+mod examples;
 mod fixtures;
 mod forged;
 mod hostile;

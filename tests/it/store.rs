@@ -878,3 +878,62 @@ async fn event_ids_and_types_a_store_cannot_hold_are_refused_alike_on_both_backe
         assert_eq!(recorder.only().event_id, "event_fine", "{backend}");
     }
 }
+
+/// A handler whose error names a value holding a NUL (`data` may carry `\u0000`): SQLite
+/// records it, but PostgreSQL TEXT refuses it, so `finish` failed, the job stayed in flight
+/// and ran again after every lease, never counted, never dead-lettered. The NUL is now
+/// written as `\0` and the outcome recorded on both backends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_error_holding_a_nul_is_recorded_on_both_backends() {
+    struct Nul;
+    #[kinde_webhooks::async_trait]
+    impl kinde_webhooks::EventHandler for Nul {
+        async fn handle(
+            &self,
+            event: &kinde_webhooks::Event,
+            _ctx: &kinde_webhooks::Context,
+        ) -> Result<(), kinde_webhooks::HandlerError> {
+            let name = event.data["name"].as_str().unwrap_or_default();
+            Err(kinde_webhooks::HandlerError::permanent(format!(
+                "bad name {name}"
+            )))
+        }
+    }
+    let _db = PG.lock().await;
+    let k = key();
+    let jwks = JwksServer::start(&[&k]).await;
+    let dir = TempDir::new().expect("temporary folder");
+    let poll = "poll_interval = \"20ms\"";
+    let mut servers = vec![("sqlite", sqlite_server_config(&jwks, &dir, poll), None)];
+    if let Some(url) = database_url() {
+        let schema = Schema::new(&url);
+        servers.push((
+            "postgres",
+            pg_server_config(&jwks, &schema, poll),
+            Some(schema),
+        ));
+    }
+    for (backend, config, _schema) in servers {
+        let server =
+            TestServer::open(config, Registry::builder().handler("nul", &["*"], Nul)).await;
+        server.wait_for_keys().await;
+        let token = sign_event(
+            &k,
+            json!({"type": "user.created", "event_id": "event_nul_error", "data": {"name": "a\u{0}b"}}),
+        );
+        assert_eq!(server.deliver(token).await, (200, ok()), "{backend}");
+        let store = server.webhooks().inbox().unwrap().store().clone();
+        eventually(&format!("{backend}: the event dead-lettered"), || async {
+            store.show("event_nul_error").await.unwrap()[0]
+                .summary
+                .status
+                == EventStatus::Dead
+        })
+        .await;
+        let detail = store.show("event_nul_error").await.unwrap().remove(0);
+        let job = &detail.jobs[0];
+        assert_eq!((job.attempts, job.history.len()), (1, 1), "{backend}");
+        let error = job.last_error.as_deref().unwrap_or_default();
+        assert!(error.contains("bad name a"), "{backend}: {error:?}");
+    }
+}

@@ -280,8 +280,8 @@ impl UnverifiedToken<'_> {
     }
 
     /// Read the claims of a token whose signature was checked: `exp`/`nbf` when present,
-    /// then the Kinde envelope (a non-empty string `type` and `event_id`, an RFC 3339
-    /// `timestamp`). `now` is passed in so the pure part stays testable.
+    /// then the Kinde envelope (a string `type` and `event_id` of 1 to 256 bytes without
+    /// control characters, an RFC 3339 `timestamp`). `now` is passed in so the pure part stays testable.
     pub fn into_event(
         self,
         now: DateTime<Utc>,
@@ -327,6 +327,20 @@ impl UnverifiedToken<'_> {
     }
 }
 
+/// The longest `type` or `event_id` accepted, in bytes. Kinde's are under 40 (`event_` and
+/// 32 hex digits); both are stored and indexed (PostgreSQL cannot index a key of more
+/// than about 2.7 KB), logged, and turned into NATS subjects and headers.
+pub const MAX_ENVELOPE_ID_BYTES: usize = 256;
+
+/// Whether `value` can be an event's `type` or `event_id`: not empty, at most
+/// [`MAX_ENVELOPE_ID_BYTES`], no control character (a NUL cannot be stored in PostgreSQL
+/// TEXT, CR/LF would start forged log lines).
+fn is_envelope_id(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_ENVELOPE_ID_BYTES
+        && !value.chars().any(char::is_control)
+}
+
 /// Read a claims object into an [`Event`] (delivery facts left at their defaults, bar
 /// `received_at`), returning `exp` and `nbf` for the caller to check. Also used to rebuild
 /// an event from the claims kept in the inbox.
@@ -340,10 +354,10 @@ pub(crate) fn read_claims(
     }
     let claims: Claims =
         serde_json::from_str(&json).map_err(|e| VerifyError::InvalidPayload(e.to_string()))?;
-    if claims.event_type.is_empty() || claims.event_id.is_empty() {
-        return Err(VerifyError::InvalidPayload(
-            "type and event_id must not be empty".into(),
-        ));
+    if !is_envelope_id(&claims.event_type) || !is_envelope_id(&claims.event_id) {
+        return Err(VerifyError::InvalidPayload(format!(
+            "type and event_id must be 1 to {MAX_ENVELOPE_ID_BYTES} bytes without control characters"
+        )));
     }
     let event = Event {
         event_type: claims.event_type,
@@ -561,10 +575,21 @@ mod tests {
             json!({"type": "", "event_id": "e", "timestamp": "2024-05-01T00:00:00Z"}),
             json!({"type": 5, "event_id": "e", "timestamp": "2024-05-01T00:00:00Z"}),
             json!({"type": "user.created", "timestamp": "2024-05-01T00:00:00Z"}),
+            json!({"type": "user.created", "event_id": "e\u{0}", "timestamp": "2024-05-01T00:00:00Z"}),
+            json!({"type": "user\ncreated", "event_id": "e", "timestamp": "2024-05-01T00:00:00Z"}),
+            json!({"type": "user.created", "event_id": "e".repeat(257), "timestamp": "2024-05-01T00:00:00Z"}),
+            json!({"type": "u".repeat(257), "event_id": "e", "timestamp": "2024-05-01T00:00:00Z"}),
         ] {
             let r = parse(&k.sign(&bad)).unwrap().into_event(Utc::now(), None);
             assert!(matches!(r, Err(VerifyError::InvalidPayload(_))), "{bad}");
         }
+        let longest = json!({"type": "u".repeat(256), "event_id": "é".repeat(128), "timestamp": "2024-05-01T00:00:00Z"});
+        assert!(
+            parse(&k.sign(&longest))
+                .unwrap()
+                .into_event(Utc::now(), None)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! The payload is the signed claims JSON as received; `Nats-Msg-Id` is the event's
 //! `event_id`, the same on every Kinde retry and every webhook the event is sent to, so
 //! JetStream stores one message per event however often it is published (within the
-//! stream's duplicate window). The connection is made lazily and kept up by the client:
+//! stream's duplicate window). `Kinde-Issuer` and `Kinde-Route` say which Kinde
+//! environment and route it came from: several environments forward to the same subjects.
+//! The connection is made lazily and kept up by the client:
 //! a server that is down costs retries, never events.
 
 use std::fmt;
@@ -258,6 +260,13 @@ fn headers(event: &Event) -> Result<HeaderMap, HandlerError> {
     headers.insert("Kinde-Event-Id", value(&event.event_id)?);
     headers.insert("Kinde-Event-Type", value(&event.event_type)?);
     headers.insert("Content-Type", value("application/json")?);
+    // One receiver may serve several Kinde environments into one subject: say whose it is.
+    if !event.delivery.issuer.is_empty() {
+        headers.insert("Kinde-Issuer", value(&event.delivery.issuer)?);
+    }
+    if !event.delivery.route.is_empty() {
+        headers.insert("Kinde-Route", value(&event.delivery.route)?);
+    }
     // Unsigned metadata: a value NATS cannot carry is left out rather than failing the event.
     if let Some(webhook_id) = &event.delivery.webhook_id
         && let Ok(v) = webhook_id.parse::<HeaderValue>()

@@ -286,6 +286,17 @@ impl PgStore {
     }
 }
 
+/// `value` as PostgreSQL TEXT can hold it: a NUL (which TEXT refuses, failing the whole
+/// statement) is written `\0`. For handler errors, which may quote anything: a refused
+/// `finish` would leave the job in flight, to run again after every lease, never counted.
+fn text(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains('\0') {
+        value.replace('\0', "\\0").into()
+    } else {
+        value.into()
+    }
+}
+
 fn summary(row: &PgRow) -> Result<EventSummary, sqlx::Error> {
     let status: String = row.try_get("status")?;
     Ok(EventSummary {
@@ -378,9 +389,9 @@ impl Store for PgStore {
         let (status, error, due) = match &f.outcome {
             Outcome::Done => ("done", None, None),
             Outcome::Retry { error, due_at } => {
-                ("failed", Some(error.as_str()), Some(millis(*due_at)))
+                ("failed", Some(text(error)), Some(millis(*due_at)))
             }
-            Outcome::Dead { error } => ("dead", Some(error.as_str()), None),
+            Outcome::Dead { error } => ("dead", Some(text(error)), None),
         };
         // The attempt is recorded only when the update found the job held under this claim.
         let recorded = sqlx::query(
@@ -396,7 +407,7 @@ impl Store for PgStore {
         .bind(&f.key.handler)
         .bind(f.key.claim)
         .bind(status)
-        .bind(error)
+        .bind(error.as_deref())
         .bind(due)
         .bind(millis(Utc::now()))
         .bind(millis(f.started_at))

@@ -490,3 +490,76 @@ async fn start_up_refuses_a_missing_stream_or_one_that_misses_the_subjects() {
         other => panic!("a stream missing the subjects must stop start-up: {other:?}"),
     }
 }
+
+/// Two Kinde environments (staging and production routes, each with its own issuer) and one
+/// forwarder: both environments' events land on the same `<prefix>.<type>` subject. The
+/// messages carried nothing telling them apart, so a consumer could act on a staging event
+/// as if production had sent it. Each message now names its issuer and route.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_of_two_environments_name_their_issuer_and_route() {
+    let Some(url) = nats_url() else { return };
+    let _serial = SERIAL.lock().await;
+    let nats = Nats::connect(&url).await;
+    nats.create_stream().await;
+    let production = key();
+    let staging = key();
+    let production_jwks = JwksServer::start(&[&production]).await;
+    let staging_jwks = JwksServer::start(&[&staging]).await;
+    let dir = tempfile::TempDir::new().expect("temporary folder");
+    let config = config(
+        &production_jwks,
+        &dir,
+        &format!(
+            "mode = \"inbox\"\n[[routes]]\npath = \"/kinde/production\"\n\
+             [[routes]]\npath = \"/kinde/staging\"\nissuer_url = \"{}\"",
+            staging_jwks.issuer_url()
+        ),
+        &format!(
+            "patterns = [\"*\"]\nurl = \"{url}\"\nsubject_prefix = \"{}\"\nack_timeout = \"2s\"",
+            nats.prefix
+        ),
+    );
+    config.validate().expect("valid config");
+    let server = TestServer::open(config.clone(), forwarders(&config).await).await;
+    let (from_production, _) = signed(&production, "user.created", "event_env_production");
+    let (from_staging, _) = signed(&staging, "user.created", "event_env_staging");
+    assert_eq!(
+        server
+            .post("/kinde/production", from_production, None)
+            .await,
+        (200, ok())
+    );
+    assert_eq!(
+        server.post("/kinde/staging", from_staging, None).await,
+        (200, ok())
+    );
+    let messages = nats.wait_for_messages(2).await;
+    assert_eq!(messages.len(), 2);
+    let by_id = |id: &str| {
+        messages
+            .iter()
+            .find(|m| m.header("Nats-Msg-Id").as_deref() == Some(id))
+            .expect("the event's message")
+    };
+    for (id, issuer, route) in [
+        (
+            "event_env_production",
+            production_jwks.issuer_url(),
+            "/kinde/production",
+        ),
+        (
+            "event_env_staging",
+            staging_jwks.issuer_url(),
+            "/kinde/staging",
+        ),
+    ] {
+        let message = by_id(id);
+        assert_eq!(message.subject, format!("{}.user.created", nats.prefix));
+        assert_eq!(message.header("Kinde-Issuer"), Some(issuer), "{id}");
+        assert_eq!(
+            message.header("Kinde-Route").as_deref(),
+            Some(route),
+            "{id}"
+        );
+    }
+}

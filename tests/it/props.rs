@@ -661,8 +661,8 @@ proptest! {
     /// junk signature). The outcome of each step must match a model of the documented
     /// rules, written independently of `verify.rs`: header (depth, object, `alg` exactly
     /// "RS256", no `crit`, a non-empty string `kid` within the limit), signature (valid
-    /// exactly when we signed), claims (size, depth, object, non-empty string `type` and
-    /// `event_id`, a `timestamp`, `source`/`ip_address` strings or null, numeric
+    /// exactly when we signed), claims (size, depth, object, a string `type` and `event_id`
+    /// of 1 to 256 bytes without control characters, a `timestamp`, `source`/`ip_address` strings or null, numeric
     /// `exp`/`nbf` within the leeway, the maximum event age). An accepted event carries
     /// exactly the claims signed.
     #[test]
@@ -827,15 +827,16 @@ fn model_envelope(
     fn time(v: &Value) -> Option<DateTime<FixedOffset>> {
         v.as_str().and_then(|s| s.parse().ok())
     }
-    let non_empty = |name| {
+    // 1 to 256 bytes, no control character (NUL, CR/LF, tab, ...).
+    let envelope_id = |name| {
         o.get(name)
             .and_then(Value::as_str)
-            .is_some_and(|s| !s.is_empty())
+            .is_some_and(|s| !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control))
     };
     let null_or = |name, ok: fn(&Value) -> bool| o.get(name).is_none_or(|v| v.is_null() || ok(v));
     let timestamp = o.get("timestamp").and_then(time);
-    let envelope = non_empty("type")
-        && non_empty("event_id")
+    let envelope = envelope_id("type")
+        && envelope_id("event_id")
         && timestamp.is_some()
         && null_or("source", Value::is_string)
         && null_or("ip_address", Value::is_string)

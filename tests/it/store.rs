@@ -771,3 +771,169 @@ async fn postgres_work_stored_by_another_replica_wakes_an_idle_server() {
     drop(server);
     other.close().await;
 }
+
+/// An inbox server on SQLite (its own file in `dir`) with fast retries.
+fn sqlite_server_config(jwks: &JwksServer, dir: &TempDir, extra: &str) -> Config {
+    let mut config = jwks.config(&format!(
+        "[delivery]\nmode = \"inbox\"\nhandler_timeout = \"300ms\"\n\
+         [inbox]\nretry_base = \"20ms\"\nretry_cap = \"50ms\"\nmax_attempts = 3\nlease = \"30s\"\n{extra}"
+    ));
+    config.store.path = dir.path().join("inbox.db");
+    config.validate().expect("valid test config");
+    config
+}
+
+/// Signed event ids and types that PostgreSQL cannot store (a NUL byte, which TEXT
+/// refuses; 3 KB of incompressible characters, past the btree row limit of the
+/// (route, event_id) key) made every delivery of the event 503 `store_unavailable` on
+/// PostgreSQL, so Kinde retried it for 36 h, while SQLite took it. Both backends now
+/// refuse them at verification (400 `invalid_payload`), as they do control characters
+/// (CR/LF would start forged log lines), and the next ordinary event is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_ids_and_types_a_store_cannot_hold_are_refused_alike_on_both_backends() {
+    let _db = PG.lock().await;
+    let k = key();
+    let jwks = JwksServer::start(&[&k]).await;
+    let dir = TempDir::new().expect("temporary folder");
+    let mut servers = vec![("sqlite", sqlite_server_config(&jwks, &dir, ""), None)];
+    if let Some(url) = database_url() {
+        let schema = Schema::new(&url);
+        servers.push((
+            "postgres",
+            pg_server_config(&jwks, &schema, ""),
+            Some(schema),
+        ));
+    }
+    // Incompressible (so PostgreSQL cannot shrink the index row) and 3,040 bytes long.
+    let long_id: String = (0..95u64)
+        .map(|i| {
+            format!(
+                "{:016x}{:016x}",
+                i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                i ^ 0xdead_beef
+            )
+        })
+        .collect();
+    let hostile = [
+        (
+            "a NUL in event_id",
+            json!({"type": "user.created", "event_id": "event_a\u{0}b"}),
+        ),
+        (
+            "a NUL in type",
+            json!({"type": "user.created\u{0}", "event_id": "event_nul_type"}),
+        ),
+        (
+            "a 3 KB event_id",
+            json!({"type": "user.created", "event_id": long_id}),
+        ),
+        (
+            "a 3 KB type",
+            json!({"type": format!("user.{long_id}"), "event_id": "event_long_type"}),
+        ),
+        (
+            "CR/LF in event_id",
+            json!({"type": "user.created", "event_id": "event_x\r\nINFO forged"}),
+        ),
+        (
+            "a tab in type",
+            json!({"type": "user.\tcreated", "event_id": "event_tab"}),
+        ),
+    ];
+    for (backend, config, _schema) in servers {
+        let recorder = Recorder::new();
+        let server = TestServer::open(
+            config,
+            Registry::builder().handler("rec", &["*"], recorder.clone()),
+        )
+        .await;
+        server.wait_for_keys().await;
+        for (what, claims) in &hostile {
+            let answer = server.deliver(sign_event(&k, claims.clone())).await;
+            assert_eq!(
+                answer,
+                (400, crate::utils::error("invalid_payload")),
+                "{backend}: {what}"
+            );
+        }
+        let fine = sign_event(
+            &k,
+            json!({"type": "user.created", "event_id": "event_fine"}),
+        );
+        assert_eq!(server.deliver(fine).await, (200, ok()), "{backend}");
+        recorder.wait_for(1).await;
+        let store = server.webhooks().inbox().unwrap().store().clone();
+        let stored = store
+            .list(&ListFilter {
+                limit: 100,
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.len(),
+            1,
+            "{backend}: only the fine event is stored: {stored:?}"
+        );
+        assert_eq!(recorder.only().event_id, "event_fine", "{backend}");
+    }
+}
+
+/// A handler whose error names a value holding a NUL (`data` may carry `\u0000`): SQLite
+/// records it, but PostgreSQL TEXT refuses it, so `finish` failed, the job stayed in flight
+/// and ran again after every lease, never counted, never dead-lettered. The NUL is now
+/// written as `\0` and the outcome recorded on both backends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_error_holding_a_nul_is_recorded_on_both_backends() {
+    struct Nul;
+    #[kinde_webhooks::async_trait]
+    impl kinde_webhooks::EventHandler for Nul {
+        async fn handle(
+            &self,
+            event: &kinde_webhooks::Event,
+            _ctx: &kinde_webhooks::Context,
+        ) -> Result<(), kinde_webhooks::HandlerError> {
+            let name = event.data["name"].as_str().unwrap_or_default();
+            Err(kinde_webhooks::HandlerError::permanent(format!(
+                "bad name {name}"
+            )))
+        }
+    }
+    let _db = PG.lock().await;
+    let k = key();
+    let jwks = JwksServer::start(&[&k]).await;
+    let dir = TempDir::new().expect("temporary folder");
+    let poll = "poll_interval = \"20ms\"";
+    let mut servers = vec![("sqlite", sqlite_server_config(&jwks, &dir, poll), None)];
+    if let Some(url) = database_url() {
+        let schema = Schema::new(&url);
+        servers.push((
+            "postgres",
+            pg_server_config(&jwks, &schema, poll),
+            Some(schema),
+        ));
+    }
+    for (backend, config, _schema) in servers {
+        let server =
+            TestServer::open(config, Registry::builder().handler("nul", &["*"], Nul)).await;
+        server.wait_for_keys().await;
+        let token = sign_event(
+            &k,
+            json!({"type": "user.created", "event_id": "event_nul_error", "data": {"name": "a\u{0}b"}}),
+        );
+        assert_eq!(server.deliver(token).await, (200, ok()), "{backend}");
+        let store = server.webhooks().inbox().unwrap().store().clone();
+        eventually(&format!("{backend}: the event dead-lettered"), || async {
+            store.show("event_nul_error").await.unwrap()[0]
+                .summary
+                .status
+                == EventStatus::Dead
+        })
+        .await;
+        let detail = store.show("event_nul_error").await.unwrap().remove(0);
+        let job = &detail.jobs[0];
+        assert_eq!((job.attempts, job.history.len()), (1, 1), "{backend}");
+        let error = job.last_error.as_deref().unwrap_or_default();
+        assert!(error.contains("bad name a"), "{backend}: {error:?}");
+    }
+}

@@ -836,8 +836,9 @@ impl Config {
                     ("store.statement_timeout", s.statement_timeout),
                     ("store.connect_timeout", s.connect_timeout),
                 ] {
-                    if value < Duration::from_millis(1) {
-                        return Err(invalid(key, "must be at least \"1ms\""));
+                    // PostgreSQL takes at most INT_MAX milliseconds (~24.8 days).
+                    if value < Duration::from_millis(1) || value > Duration::from_secs(3600) {
+                        return Err(invalid(key, "must be between \"1ms\" and \"1h\""));
                     }
                 }
                 Ok(())
@@ -1202,6 +1203,10 @@ mod tests {
             ),
             (
                 "[store]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nstatement_timeout = \"0s\"",
+                "store.statement_timeout",
+            ),
+            (
+                "[store]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nstatement_timeout = \"30d\"",
                 "store.statement_timeout",
             ),
             ("[log]\nlevel = \"verbose!!\"", "log.level"),

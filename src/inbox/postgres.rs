@@ -90,6 +90,9 @@ const STATUS_SQL: &str = "CASE
     WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status IN ('pending', 'in_flight')) THEN 'pending'
     ELSE 'done' END";
 
+/// Rows deleted per purge statement.
+const PURGE_BATCH: i64 = 1000;
+
 /// The longest pause between two attempts to reconnect the wake-up listener.
 const LISTEN_RETRY_CAP: Duration = Duration::from_secs(30);
 
@@ -585,21 +588,40 @@ impl Store for PgStore {
 
     async fn purge(&self, before: DateTime<Utc>, include_dead: bool) -> Result<u64, StoreError> {
         let before = millis(before);
-        let mut tx = self.pool.begin().await?;
-        let r = sqlx::query(
-            "DELETE FROM events WHERE received_at < $1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = events.id
-                 AND j.status <> 'done' AND (NOT $2 OR j.status <> 'dead'))",
-        )
-        .bind(before)
-        .bind(include_dead)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM seen WHERE at < $1")
+        // In batches, each its own short transaction: a large backlog never runs into
+        // `statement_timeout`, and replicas keep storing meanwhile.
+        let mut purged = 0;
+        loop {
+            let r = sqlx::query(
+                "DELETE FROM events WHERE id IN (
+                     SELECT id FROM events e WHERE e.received_at < $1 AND NOT EXISTS (
+                         SELECT 1 FROM jobs j WHERE j.event_row = e.id
+                             AND j.status <> 'done' AND (NOT $2 OR j.status <> 'dead'))
+                     LIMIT $3)",
+            )
             .bind(before)
-            .execute(&mut *tx)
+            .bind(include_dead)
+            .bind(PURGE_BATCH)
+            .execute(&self.pool)
             .await?;
-        tx.commit().await?;
-        Ok(r.rows_affected())
+            purged += r.rows_affected();
+            if r.rows_affected() < PURGE_BATCH as u64 {
+                break;
+            }
+        }
+        loop {
+            let r = sqlx::query(
+                "DELETE FROM seen WHERE (route, event_id) IN (SELECT route, event_id FROM seen WHERE at < $1 LIMIT $2)",
+            )
+            .bind(before)
+            .bind(PURGE_BATCH)
+            .execute(&self.pool)
+            .await?;
+            if r.rows_affected() < PURGE_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(purged)
     }
 
     async fn seen(&self, route: &str, event_id: &str) -> Result<bool, StoreError> {

@@ -937,3 +937,41 @@ async fn a_handler_error_holding_a_nul_is_recorded_on_both_backends() {
         assert!(error.contains("bad name a"), "{backend}: {error:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contract_purge_works_through_a_backlog_larger_than_one_batch() {
+    let _db = PG.lock().await;
+    for b in backends().await {
+        let (store, name) = (&b.store, b.name);
+        let enqueues = (0..2_500).map(|i| {
+            let mut e = new_event("/a", &format!("event_backlog_{i}"), &[]);
+            e.received_at = Utc::now() - chrono::Duration::days(40);
+            let store = store.clone();
+            async move { store.enqueue(e).await }
+        });
+        for stored in futures_util::future::join_all(enqueues).await {
+            assert_eq!(stored.unwrap(), Enqueued::Stored, "{name}");
+        }
+        store
+            .enqueue(new_event("/a", "event_recent", &[]))
+            .await
+            .unwrap();
+
+        let month_ago = Utc::now() - chrono::Duration::days(30);
+        assert_eq!(
+            store.purge(month_ago, false).await.unwrap(),
+            2_500,
+            "{name}"
+        );
+        let left = store
+            .list(&ListFilter {
+                status: None,
+                event_type: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1, "{name}");
+        assert_eq!(left[0].event_id, "event_recent", "{name}");
+    }
+}

@@ -251,8 +251,14 @@ impl Inbox {
             Ok((mut event, _, _)) => {
                 span.record("event_id", display(&event.event_id));
                 span.record("event_type", display(&event.event_type));
-                if let Some(issuer) = self.issuers.get(&job.route) {
-                    event.delivery.issuer.clone_from(issuer);
+                // Stored with the event; for events stored before, the route's issuer now.
+                match job.issuer {
+                    Some(issuer) => event.delivery.issuer = issuer,
+                    None => {
+                        if let Some(issuer) = self.issuers.get(&job.route) {
+                            event.delivery.issuer.clone_from(issuer);
+                        }
+                    }
                 }
                 event.delivery.route = job.route;
                 event.delivery.webhook_id = job.webhook_id;

@@ -33,7 +33,8 @@ use crate::config::StoreConfig;
 
 /// Schema migrations, applied in order inside the store's schema (it is first on the
 /// `search_path`); `schema_migrations` records which ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     route       TEXT NOT NULL,
@@ -76,7 +77,13 @@ CREATE TABLE seen (
     PRIMARY KEY (route, event_id)
 );
 CREATE INDEX seen_at ON seen (at);
-"#];
+"#,
+    // 2: the issuer that verified the event, so a route whose issuer changes later does
+    // not tell handlers of older events the wrong environment.
+    r#"
+ALTER TABLE events ADD COLUMN issuer TEXT;
+"#,
+];
 
 /// The first key of the migration lock (`pg_advisory_xact_lock(key, hashtext(schema))`),
 /// so it does not collide with other applications' advisory locks.
@@ -321,8 +328,8 @@ impl Store for PgStore {
         // notification commit together (NOTIFY is delivered on commit).
         let row: Option<i64> = sqlx::query_scalar(
             "WITH ev AS (
-                 INSERT INTO events (route, event_id, webhook_id, event_type, claims, received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (route, event_id) DO NOTHING RETURNING id),
+                 INSERT INTO events (route, event_id, webhook_id, event_type, claims, received_at, issuer)
+                 VALUES ($1, $2, $3, $4, $5, $6, $9) ON CONFLICT (route, event_id) DO NOTHING RETURNING id),
              jb AS (
                  INSERT INTO jobs (event_row, handler, status, attempts, due_at, updated_at)
                  SELECT ev.id, h, 'pending', 0, $6, $6 FROM ev, UNNEST($7::text[]) AS h RETURNING event_row)
@@ -336,6 +343,7 @@ impl Store for PgStore {
         .bind(millis(event.received_at))
         .bind(&handlers)
         .bind(&self.channel)
+        .bind(&event.issuer)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
@@ -360,7 +368,7 @@ impl Store for PgStore {
                      claim_seq = j.claim_seq + 1, updated_at = $1
                  FROM due WHERE j.event_row = due.event_row AND j.handler = due.handler
                  RETURNING j.event_row, j.handler, j.attempts, j.claim_seq, j.due_at)
-             SELECT c.event_row, c.handler, c.attempts, c.claim_seq, e.route, e.webhook_id, e.claims, e.received_at
+             SELECT c.event_row, c.handler, c.attempts, c.claim_seq, e.route, e.webhook_id, e.claims, e.received_at, e.issuer
              FROM claimed c JOIN events e ON e.id = c.event_row
              ORDER BY c.event_row, c.handler",
         )
@@ -380,6 +388,7 @@ impl Store for PgStore {
                     attempts: row.try_get::<i32, _>(2)?.max(0) as u32,
                     route: row.try_get(4)?,
                     webhook_id: row.try_get(5)?,
+                    issuer: row.try_get(8)?,
                     claims: row.try_get(6)?,
                     received_at: from_millis(row.try_get(7)?),
                 })

@@ -82,6 +82,11 @@ CREATE INDEX jobs_status ON jobs (status);
     r#"
 ALTER TABLE jobs ADD COLUMN claim_seq INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 4: the issuer that verified the event, so a route whose issuer changes later does
+    // not tell handlers of older events the wrong environment.
+    r#"
+ALTER TABLE events ADD COLUMN issuer TEXT;
+"#,
 ];
 
 /// The derived event status, as SQL over `e.id`.
@@ -340,8 +345,8 @@ async fn run_batch(conn: &mut SqliteConnection, batch: Vec<Command>) {
 
 async fn enqueue(tx: &mut SqliteConnection, e: &NewEvent) -> Result<Enqueued, sqlx::Error> {
     let row: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO events (route, event_id, webhook_id, event_type, claims, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (route, event_id) DO NOTHING RETURNING id",
+        "INSERT INTO events (route, event_id, webhook_id, event_type, claims, received_at, issuer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (route, event_id) DO NOTHING RETURNING id",
     )
     .bind(&e.route)
     .bind(&e.event_id)
@@ -349,6 +354,7 @@ async fn enqueue(tx: &mut SqliteConnection, e: &NewEvent) -> Result<Enqueued, sq
     .bind(&e.event_type)
     .bind(&*e.claims)
     .bind(millis(e.received_at))
+    .bind(&e.issuer)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
@@ -400,7 +406,7 @@ async fn claim(
         .collect::<Result<Vec<_>, _>>()?;
     let ids_json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
     let events = sqlx::query(
-        "SELECT id, route, webhook_id, claims, received_at FROM events
+        "SELECT id, route, webhook_id, claims, received_at, issuer FROM events
          WHERE id IN (SELECT value FROM json_each(?1))",
     )
     .bind(ids_json)
@@ -425,6 +431,7 @@ async fn claim(
             attempts: row.try_get::<i64, _>(2)? as u32,
             route: event.try_get(1)?,
             webhook_id: event.try_get(2)?,
+            issuer: event.try_get(5)?,
             claims: event.try_get(3)?,
             received_at: from_millis(event.try_get(4)?),
         });

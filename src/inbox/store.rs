@@ -18,6 +18,8 @@ pub struct NewEvent {
     pub event_id: String,
     /// The `webhook-id` header, for correlation.
     pub webhook_id: Option<String>,
+    /// The issuer whose keys verified it (handlers see it as `event.delivery.issuer`).
+    pub issuer: String,
     /// The event type.
     pub event_type: String,
     /// The signed claims, as received.
@@ -61,6 +63,8 @@ pub struct Job {
     pub route: String,
     /// The `webhook-id` it arrived with.
     pub webhook_id: Option<String>,
+    /// The issuer whose keys verified it; `None` for events stored before the store kept it.
+    pub issuer: Option<String>,
     /// The signed claims.
     pub claims: String,
     /// When it was received.

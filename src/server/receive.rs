@@ -175,6 +175,7 @@ async fn store_event(
         route: event.delivery.route,
         event_id: event.event_id,
         webhook_id: event.delivery.webhook_id,
+        issuer: event.delivery.issuer,
         event_type: event.event_type,
         claims: event.claims,
         received_at: event.delivery.received_at,

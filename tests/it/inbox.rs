@@ -458,6 +458,7 @@ async fn jobs_left_in_flight_by_a_crash_run_at_the_next_start() {
             route: "/api/kinde-webhook".into(),
             event_id: "event_crash".into(),
             webhook_id: Some("msg_crash".into()),
+            issuer: String::new(),
             event_type: "user.created".into(),
             claims: claims.to_string().into(),
             received_at: chrono::Utc::now(),

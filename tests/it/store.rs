@@ -143,6 +143,7 @@ fn new_event(route: &str, event_id: &str, handlers: &[&str]) -> NewEvent {
         route: route.into(),
         event_id: event_id.into(),
         webhook_id: Some(format!("msg_{event_id}")),
+        issuer: "https://acme.kinde.com".into(),
         event_type: "user.created".into(),
         claims: claims.to_string().into(),
         received_at: Utc::now(),
@@ -643,7 +644,7 @@ async fn postgres_replicas_starting_together_migrate_once_and_wake_each_other() 
     .fetch_all(&mut conn)
     .await
     .unwrap();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2], "each migration applied once");
     drop(wake_ups);
     for store in &stores {
         store.close().await;
@@ -973,5 +974,24 @@ async fn contract_purge_works_through_a_backlog_larger_than_one_batch() {
             .unwrap();
         assert_eq!(left.len(), 1, "{name}");
         assert_eq!(left[0].event_id, "event_recent", "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contract_a_claimed_job_carries_the_issuer_its_event_was_verified_by() {
+    let _db = PG.lock().await;
+    for b in backends().await {
+        let (store, name) = (&*b.store, b.name);
+        let mut staging = new_event("/hooks", "event_from_staging", &["h"]);
+        staging.issuer = "https://acme-staging.kinde.com".into();
+        store.enqueue(staging).await.unwrap();
+
+        let jobs = store.claim(10, LONG).await.unwrap();
+        assert_eq!(jobs.len(), 1, "{name}");
+        assert_eq!(
+            jobs[0].issuer.as_deref(),
+            Some("https://acme-staging.kinde.com"),
+            "{name}: the issuer is stored, not looked up from today's config"
+        );
     }
 }

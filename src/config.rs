@@ -788,6 +788,17 @@ impl Config {
                 humantime::format_duration(age).to_string()
             ));
         }
+        if self.store.backend == "postgres"
+            && self.delivery.mode == DeliveryMode::Inline
+            && self.delivery.inline_dedup == InlineDedup::Store
+        {
+            warnings.push(
+                "delivery.mode = \"inline\" with inline_dedup = \"store\" on PostgreSQL: copies of one delivery \
+                 reaching two replicas at the same moment may both run the handlers (the key lock is per \
+                 process); use mode = \"inbox\" for once-only handling across replicas"
+                    .to_owned(),
+            );
+        }
         warnings
     }
 
@@ -1312,5 +1323,21 @@ mod tests {
             with_issuer("[kinde]\nmax_event_age = \"36h\"\n[handlers.audit]\ntable = \"events\"");
         assert_eq!(c.kinde.max_event_age, Some(Duration::from_secs(36 * 3600)));
         assert!(c.handlers.contains_key("audit"));
+    }
+
+    #[test]
+    fn inline_store_dedup_on_postgres_warns_about_replicas() {
+        let c = Config::from_toml(
+            "[delivery]\nmode = \"inline\"\ninline_dedup = \"store\"\n\
+             [store]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"",
+            "test",
+        )
+        .unwrap();
+        assert!(
+            c.warnings().iter().any(|w| w.contains("replicas")),
+            "{:?}",
+            c.warnings()
+        );
+        assert!(Config::default().warnings().is_empty());
     }
 }

@@ -533,6 +533,13 @@ impl Config {
         })
     }
 
+    /// Whether the delivery mode keeps events in the `[store]` (inbox mode, or inline mode
+    /// with `inline_dedup = "store"`).
+    pub fn needs_store(&self) -> bool {
+        self.delivery.mode == DeliveryMode::Inbox
+            || self.delivery.inline_dedup == InlineDedup::Store
+    }
+
     /// The issuer a route's events are verified against: its own `issuer_url`, else
     /// `[kinde] issuer_url` (without a trailing `/`).
     pub fn issuer_for(&self, route: &RouteConfig) -> Option<String> {

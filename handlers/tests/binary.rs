@@ -389,3 +389,64 @@ async fn check_validates_the_config_and_reaches_the_jwks() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("KINDE_ISSUER_URL"));
 }
+
+#[tokio::test]
+async fn check_reaches_a_postgres_store_and_says_when_it_cannot() {
+    let key = SigningKey::generate().unwrap();
+    let issuer = serve_jwks(&key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let check = |url: String| {
+        let (dir, issuer) = (dir.path().to_owned(), issuer.clone());
+        tokio::task::spawn_blocking(move || {
+            let config = dir.join("pg.toml");
+            let schema = format!("kw_check_{}", std::process::id());
+            std::fs::write(
+                &config,
+                format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\nconnect_timeout = \"1s\"\n"),
+            )
+            .unwrap();
+            Command::new(BIN)
+                .args(["--config", config.to_str().unwrap(), "check"])
+                .env("KINDE_ISSUER_URL", issuer)
+                .env_remove("DATABASE_URL")
+                .output()
+                .unwrap()
+        })
+    };
+
+    // Nothing listens on port 9 of loopback.
+    let out = check("postgres://postgres@127.0.0.1:9/test".into())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("✗ store"), "{stdout}");
+    assert!(
+        stdout.contains("✓ JWKS"),
+        "the other checks still run: {stdout}"
+    );
+
+    let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+        eprintln!("skipped: DATABASE_URL not set (the reachable half of this test)");
+        return;
+    };
+    let out = check(url.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("✓ store: PostgreSQL schema kw_check_"),
+        "{stdout}"
+    );
+    // `check` created the schema as `serve` would: drop it.
+    let schema = format!("kw_check_{}", std::process::id());
+    let status = Command::new("psql")
+        .args([
+            &url,
+            "-qc",
+            &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+        ])
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("note: could not drop schema {schema} (psql missing?)");
+    }
+}

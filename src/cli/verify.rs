@@ -222,6 +222,33 @@ pub(super) async fn check(config: Option<PathBuf>) -> ExitCode {
             failed = true;
         }
     }
+    // A shared store must be reachable and take writes (SQLite is a local file: `serve`
+    // creates it). Opening it applies pending migrations, as `serve` would.
+    if config.store.backend == "postgres" && config.needs_store() {
+        match crate::inbox::PgStore::open(&config.store).await {
+            Ok(store) => {
+                use crate::inbox::Store as _;
+                match store.writable().await {
+                    Ok(()) => out!(
+                        "✓ store: PostgreSQL schema {} reachable and writable",
+                        store.schema()
+                    ),
+                    Err(e) => {
+                        out!(
+                            "✗ store: PostgreSQL schema {} does not take writes: {e}",
+                            store.schema()
+                        );
+                        failed = true;
+                    }
+                }
+                store.close().await;
+            }
+            Err(e) => {
+                out!("✗ store: {e}");
+                failed = true;
+            }
+        }
+    }
     // Every issuer the routes verify against, once each.
     let mut urls: Vec<String> = Vec::new();
     for route in config.effective_routes() {

@@ -121,9 +121,7 @@ impl Webhooks {
         state: State,
     ) -> Result<Self, StartError> {
         config.validate()?;
-        let needs_store = config.delivery.mode == DeliveryMode::Inbox
-            || config.delivery.inline_dedup == InlineDedup::Store;
-        if !needs_store {
+        if !config.needs_store() {
             return Ok(Self::new(config, registry, state)?);
         }
         let store: Arc<dyn Store> = if config.store.backend == "postgres" {

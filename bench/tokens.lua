@@ -12,7 +12,8 @@
 --   BENCH requests=.. ok=.. non200=.. wrapped=.. tokens=.. duration_us=.. p50_us=..
 --         p99_us=.. p999_us=.. max_us=.. errors_connect=.. errors_read=.. errors_write=..
 --         errors_timeout=.. statuses=200:N,503:M
--- plus `NON200 <status> <body>` for the first few non-200 answers, per thread.
+-- plus `NON200 <status> <body>` for the first few non-200 answers, per thread, and with
+-- env WRK_PCTL=1 `PCTL <percentile> <us>` lines (0.1 to 99.9 in 0.1 steps).
 
 local threads = {}
 local next_id = 0
@@ -100,4 +101,11 @@ function done(summary, latency, requests)
       summary.requests, total_ok, total_non200, total_wrapped, total_tokens, summary.duration,
       latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max,
       e.connect, e.read, e.write, e.timeout, table.concat(parts, ",")))
+   -- WRK_PCTL=1 (bench/replicas.sh): the latency curve in 0.1 % steps, so the runs of
+   -- several wrk processes can be merged into one distribution.
+   if os.getenv("WRK_PCTL") == "1" then
+      for p = 1, 999 do
+         io.write(string.format("PCTL %.1f %d\n", p / 10, latency:percentile(p / 10)))
+      end
+   end
 end

@@ -71,6 +71,11 @@ impl Dispatcher {
         self
     }
 
+    /// The longest one handler call may run (`None`: no limit).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
     /// Run the handler registered as `name` on `event`; `None` if no such handler exists.
     pub async fn run_named(&self, name: &str, event: &Event) -> Option<Result<(), HandlerError>> {
         let entry = self.registry.entries().iter().find(|e| &*e.name == name)?;

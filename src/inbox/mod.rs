@@ -34,7 +34,8 @@ use store::{Finished, Job, JobKey, Outcome};
 
 /// How long to wait after the store failed before trying again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
-/// Jobs claimed per worker in one claim: fewer claims (commits) per job under load.
+/// Jobs claimed per worker in one claim: fewer claims (commits) per job under load. Fewer
+/// when the lease could not cover that many handler calls in a row (see [`Inbox::ahead`]).
 const CLAIM_AHEAD: usize = 4;
 /// How often finished and skipped events past retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
@@ -112,8 +113,10 @@ impl Inbox {
         let permits = Arc::new(Semaphore::new(workers));
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, JobKey> = HashMap::new();
-        // Claimed jobs waiting for a worker: one claim (one commit) serves several jobs.
-        let mut queue: VecDeque<Job> = VecDeque::new();
+        // Claimed jobs waiting for a worker, with when they were claimed: one claim (one
+        // commit) serves several jobs, all under one lease.
+        let mut queue: VecDeque<(Job, Instant)> = VecDeque::new();
+        let ahead = self.ahead();
         let mut last_purge = Instant::now() - PURGE_EVERY;
         // Another replica stored work: claim now rather than at the next poll.
         let mut wake_ups = self.store.wake_ups();
@@ -125,11 +128,20 @@ impl Inbox {
                 last_purge = Instant::now();
                 self.purge_expired().await;
             }
+            // Jobs whose lease no longer covers a whole handler call are not run: they could
+            // still be running when another replica claims them again.
+            let mut stale = Vec::new();
             while !queue.is_empty() {
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     break;
                 };
-                let Some(job) = queue.pop_front() else { break };
+                let Some((job, claimed)) = queue.pop_front() else {
+                    break;
+                };
+                if !self.lease_covers_a_run(claimed) {
+                    stale.push(job.key);
+                    continue;
+                }
                 let key = job.key.clone();
                 let this = self.clone();
                 let handle = tasks.spawn(async move {
@@ -138,15 +150,25 @@ impl Inbox {
                 });
                 running.insert(handle.id(), key);
             }
+            // Not claimed again at once: if the store is that slow, the next poll is soon enough.
+            let handed_back = !stale.is_empty();
+            if handed_back {
+                tracing::info!(
+                    jobs = stale.len(),
+                    lease = ?self.config.lease,
+                    "inbox: claimed jobs waited too long to start within their lease; handed back"
+                );
+                if let Err(e) = self.store.release(stale).await {
+                    tracing::warn!(error = %e, "inbox: release failed; the jobs are picked up when their lease expires");
+                }
+            }
             let mut wait = self.config.poll_interval;
-            if queue.is_empty() && permits.available_permits() > 0 {
-                match self
-                    .store
-                    .claim(workers * CLAIM_AHEAD, self.config.lease)
-                    .await
-                {
+            if queue.is_empty() && permits.available_permits() > 0 && !handed_back {
+                // Taken before the claim, so never later than the store's own lease start.
+                let claimed = Instant::now();
+                match self.store.claim(workers * ahead, self.config.lease).await {
                     Ok(jobs) if !jobs.is_empty() => {
-                        queue.extend(jobs);
+                        queue.extend(jobs.into_iter().map(|job| (job, claimed)));
                         continue;
                     }
                     Ok(_) => {
@@ -182,12 +204,33 @@ impl Inbox {
         }
         // Claimed but not started: hand back at once, so the next start runs them.
         if !queue.is_empty() {
-            let keys: Vec<JobKey> = queue.drain(..).map(|job| job.key).collect();
+            let keys: Vec<JobKey> = queue.drain(..).map(|(job, _)| job.key).collect();
             if let Err(e) = self.store.release(keys).await {
                 tracing::warn!(error = %e, "inbox: release failed; the jobs are picked up when their lease expires");
             }
         }
         self.drain(tasks, running).await;
+    }
+
+    /// Jobs claimed per worker: [`CLAIM_AHEAD`], or fewer when the lease does not cover
+    /// that many handler calls one after another (a worker's last queued job starts after
+    /// the others ran), and at least one.
+    fn ahead(&self) -> usize {
+        match self.dispatcher.timeout() {
+            Some(limit) if !limit.is_zero() => {
+                let fits = self.config.lease.as_secs_f64() / limit.as_secs_f64();
+                (fits.floor() as usize).clamp(1, CLAIM_AHEAD)
+            }
+            _ => CLAIM_AHEAD,
+        }
+    }
+
+    /// Whether a job claimed at `claimed` can still run a whole handler call (up to the
+    /// handler timeout) before its lease expires: else another replica may claim it again
+    /// while it runs here, and the handler would run twice at once.
+    fn lease_covers_a_run(&self, claimed: Instant) -> bool {
+        let run = self.dispatcher.timeout().unwrap_or_default();
+        claimed.elapsed() + run < self.config.lease
     }
 
     async fn drain(&self, mut tasks: JoinSet<()>, mut running: HashMap<tokio::task::Id, JobKey>) {
@@ -329,5 +372,124 @@ mod tests {
         let samples: std::collections::HashSet<_> =
             (0..20).map(|_| backoff(5, base, cap)).collect();
         assert!(samples.len() > 1, "jitter");
+    }
+
+    /// Two workers over one store (two replicas): jobs a worker claimed ahead but could not
+    /// start before their lease ran out are claimed again by the other; the first must not
+    /// run them too, or the handler runs twice at once. Each job runs once here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_claimed_ahead_is_not_run_past_its_lease() {
+        use std::sync::Mutex;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use crate::handler::{Context, EventHandler, State};
+        use crate::inbox::store::NewEvent;
+        use crate::{Event, Registry, async_trait};
+
+        /// Takes 300 ms; counts runs per event and runs that overlapped another of the same.
+        #[derive(Debug, Default)]
+        struct Slow {
+            running: Mutex<HashMap<String, usize>>,
+            runs: Mutex<HashMap<String, usize>>,
+            overlaps: AtomicUsize,
+        }
+        #[derive(Debug)]
+        struct Handler(Arc<Slow>);
+        #[async_trait]
+        impl EventHandler for Handler {
+            async fn handle(&self, event: &Event, _ctx: &Context) -> Result<(), HandlerError> {
+                let id = event.event_id.clone();
+                {
+                    let mut running = self.0.running.lock().unwrap();
+                    let now = running.entry(id.clone()).or_default();
+                    *now += 1;
+                    if *now > 1 {
+                        self.0.overlaps.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                *self.0.runs.lock().unwrap().entry(id.clone()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                *self.0.running.lock().unwrap().get_mut(&id).unwrap() -= 1;
+                Ok(())
+            }
+        }
+
+        let slow = Arc::new(Slow::default());
+        let registry = Registry::builder()
+            .handler("slow", &["user.created"], Handler(slow.clone()))
+            .build()
+            .unwrap();
+        let dispatcher = Dispatcher::new(registry, State::new(), HashMap::new())
+            .with_timeout(Some(Duration::from_millis(400)));
+        let config = InboxConfig {
+            workers: 1,
+            lease: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(20),
+            ..InboxConfig::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("inbox.db"), Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+        let ids: Vec<String> = (0..4).map(|i| format!("event_{i}")).collect();
+        for id in &ids {
+            let claims = serde_json::json!({"type": "user.created", "event_id": id,
+                "timestamp": "2026-01-01T00:00:00Z", "data": {"user": {"id": "kp_1"}}});
+            store
+                .enqueue(NewEvent {
+                    route: "/hook".into(),
+                    event_id: id.clone(),
+                    webhook_id: None,
+                    event_type: "user.created".into(),
+                    claims: claims.to_string().into(),
+                    received_at: Utc::now(),
+                    handlers: vec![Arc::from("slow")],
+                })
+                .await
+                .unwrap();
+        }
+        // The first replica claims before the second one starts.
+        let stop = CancellationToken::new();
+        let first = Inbox::new(store.clone(), dispatcher.clone(), config.clone());
+        let second = Inbox::new(store.clone(), dispatcher, config);
+        let a = tokio::spawn({
+            let stop = stop.clone();
+            async move { first.run(stop).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let b = tokio::spawn({
+            let stop = stop.clone();
+            async move { second.run(stop).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let depth = store.depth().await.unwrap();
+            if depth.pending == 0 && depth.in_flight == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "jobs left: {depth:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Anything still running (a second run of a job already done) shows in the counts.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stop.cancel();
+        a.await.unwrap();
+        b.await.unwrap();
+        let runs = slow.runs.lock().unwrap().clone();
+        assert_eq!(
+            slow.overlaps.load(Ordering::SeqCst),
+            0,
+            "runs at once: {runs:?}"
+        );
+        for id in &ids {
+            assert_eq!(
+                runs.get(id),
+                Some(&1),
+                "{id} ran {:?} times: {runs:?}",
+                runs.get(id)
+            );
+        }
     }
 }

@@ -145,7 +145,7 @@ impl Inbox {
                 let key = job.key.clone();
                 let this = self.clone();
                 let handle = tasks.spawn(async move {
-                    this.run_job(job).await;
+                    this.run_job(job, claimed).await;
                     drop(permit);
                 });
                 running.insert(handle.id(), key);
@@ -259,6 +259,7 @@ impl Inbox {
     pub async fn run_due(&self) -> Result<usize, StoreError> {
         let mut ran = 0;
         loop {
+            let claimed = Instant::now();
             let jobs = self
                 .store
                 .claim(self.config.workers.max(1), self.config.lease)
@@ -267,7 +268,8 @@ impl Inbox {
                 return Ok(ran);
             }
             ran += jobs.len();
-            futures_util::future::join_all(jobs.into_iter().map(|job| self.run_job(job))).await;
+            let runs = jobs.into_iter().map(|job| self.run_job(job, claimed));
+            futures_util::future::join_all(runs).await;
         }
     }
 
@@ -282,8 +284,8 @@ impl Inbox {
         }
     }
 
-    /// One attempt of one job, recorded in the store.
-    async fn run_job(&self, job: Job) {
+    /// One attempt of one job (claimed at `claimed`), recorded in the store.
+    async fn run_job(&self, job: Job, claimed: Instant) {
         let started_at = Utc::now();
         let clock = Instant::now();
         let attempt = job.attempts + 1;
@@ -347,8 +349,25 @@ impl Inbox {
             started_at,
             duration: clock.elapsed(),
         };
-        if let Err(e) = self.store.finish(finished).instrument(span).await {
-            tracing::error!(error = %e, "inbox: cannot record the outcome; the job runs again after its lease");
+        self.record(finished, claimed).instrument(span).await;
+    }
+
+    /// Record an attempt's outcome. While the store is unreachable, keep trying as long as
+    /// the claim's lease holds (a late record is ignored, so trying is safe): the handler
+    /// then does not run again just because the store blinked.
+    async fn record(&self, finished: Finished, claimed: Instant) {
+        loop {
+            match self.store.finish(finished.clone()).await {
+                Ok(()) => return,
+                Err(e) if claimed.elapsed() + STORE_RETRY < self.config.lease => {
+                    tracing::warn!(error = %e, "inbox: cannot record the outcome yet; retrying while the lease holds");
+                    tokio::time::sleep(STORE_RETRY).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "inbox: cannot record the outcome; the job runs again after its lease");
+                    return;
+                }
+            }
         }
     }
 }
@@ -442,6 +461,7 @@ mod tests {
                     route: "/hook".into(),
                     event_id: id.clone(),
                     webhook_id: None,
+                    issuer: String::new(),
                     event_type: "user.created".into(),
                     claims: claims.to_string().into(),
                     received_at: Utc::now(),

@@ -623,15 +623,23 @@ impl Config {
                 "must be at least 1024 bytes; Kinde tokens are 1 to 4 KiB (default 65536)",
             ));
         }
-        let every_route_has_an_issuer =
-            !self.routes.is_empty() && self.routes.iter().all(|r| r.issuer_url.is_some());
+        // Routes may each name their issuer; one that does not needs [kinde] issuer_url.
+        let without_issuer = self.routes.iter().find(|r| r.issuer_url.is_none());
         match self.kinde.issuer_url.as_deref() {
-            None if self.kinde.jwks_url.is_none() && !every_route_has_an_issuer => {
-                return Err(invalid(
-                    "kinde.issuer_url",
-                    "is not set: set KINDE_ISSUER_URL=https://<your_subdomain>.kinde.com, or issuer_url in config.toml \
-                     (or run `kinde-webhooks dev` for a local issuer)",
-                ));
+            None if self.kinde.jwks_url.is_none()
+                && (self.routes.is_empty() || without_issuer.is_some()) =>
+            {
+                let message = match without_issuer {
+                    Some(route) if self.routes.iter().any(|r| r.issuer_url.is_some()) => format!(
+                        "is not set, and route {} names no issuer_url of its own: give it one, or set \
+                         KINDE_ISSUER_URL (or run `kinde-webhooks dev` for a local issuer)",
+                        route.path
+                    ),
+                    _ => "is not set: set KINDE_ISSUER_URL=https://<your_subdomain>.kinde.com, or issuer_url in config.toml \
+                          (or run `kinde-webhooks dev` for a local issuer)"
+                        .to_owned(),
+                };
+                return Err(invalid("kinde.issuer_url", message));
             }
             Some(url) => check_url("kinde.issuer_url", url)?,
             None => {}

@@ -530,6 +530,13 @@ struct Spy {
 impl EventHandler for Spy {
     async fn handle(&self, event: &Event, ctx: &Context) -> Result<(), HandlerError> {
         let result = self.inner.handle(event, ctx).await;
+        if let Err(e) = &result {
+            // In the test's output (shown when it fails): why the reply was a 500.
+            println!(
+                "test server: handler {} failed on {} {}: {e}",
+                self.name, event.event_type, event.event_id
+            );
+        }
         self.log.lock().expect("call log lock").push(Call {
             handler: self.name.clone(),
             event: event.clone(),

@@ -250,10 +250,10 @@ fn handlers_command_prints_the_table() {
     let out = Command::new(BIN).arg("handlers").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
+    // Handlers you add for the same pattern share its line.
     assert!(
-        stdout.contains(
-            "organization.*  log-organization-events (kinde_webhooks_handlers::organization)"
-        ),
+        stdout.lines().any(|l| l.starts_with("organization.*")
+            && l.contains("log-organization-events (kinde_webhooks_handlers::organization)")),
         "{stdout}"
     );
     assert!(
@@ -290,8 +290,13 @@ async fn verify_explains_the_verdict_step_by_step() {
     ] {
         assert!(stdout.contains(step), "{step:?} in:\n{stdout}");
     }
+    // Other user.created handlers you add are listed too, in any order.
+    let would_run = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("handlers that would run: "))
+        .unwrap_or_else(|| panic!("a handlers line in:\n{stdout}"));
     assert!(
-        stdout.contains("handlers that would run: log-user-created"),
+        would_run.split(", ").any(|h| h == "log-user-created"),
         "{stdout}"
     );
 
@@ -302,6 +307,10 @@ async fn verify_explains_the_verdict_step_by_step() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("✗ signature"), "{stdout}");
+    assert!(
+        stdout.contains(r#"the server answers 401 {"error":"invalid_signature"}"#),
+        "{stdout}"
+    );
 
     let other = SigningKey::generate().unwrap();
     let out = verify(other.sign(&sample_claims("user.created")))
@@ -310,10 +319,16 @@ async fn verify_explains_the_verdict_step_by_step() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("is not in that key set"), "{stdout}");
+    assert!(
+        stdout.contains(r#"answers 401 {"error":"unknown_key"}"#),
+        "{stdout}"
+    );
 
     let out = verify("a.b".to_owned()).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("✗ header"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("✗ header"), "{stdout}");
+    assert!(stdout.contains("answers 400"), "{stdout}");
 }
 
 #[test]
@@ -449,4 +464,41 @@ async fn check_reaches_a_postgres_store_and_says_when_it_cannot() {
     if !matches!(status, Ok(s) if s.success()) {
         eprintln!("note: could not drop schema {schema} (psql missing?)");
     }
+}
+
+#[test]
+fn verify_without_an_issuer_uses_the_dev_key_of_this_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    std::fs::create_dir(dir.path().join(".kinde-dev")).unwrap();
+    std::fs::write(
+        dir.path().join(".kinde-dev/signing-key.pem"),
+        key.to_pem().unwrap(),
+    )
+    .unwrap();
+    let verify = |token: &str| {
+        Command::new(BIN)
+            .args(["verify", token])
+            .current_dir(dir.path())
+            .env_remove("KINDE_ISSUER_URL")
+            .env_remove("KINDE_WEBHOOKS_DEV_DIR")
+            .output()
+            .unwrap()
+    };
+
+    let out = verify(&key.sign(&sample_claims("user.created")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("keys from the dev key in .kinde-dev"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("✓ signature verifies"), "{stdout}");
+    assert!(!stdout.contains("another issuer"), "{stdout}");
+
+    let stranger = SigningKey::generate().unwrap();
+    let out = verify(&stranger.sign(&sample_claims("user.created")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("is not in that key set"), "{stdout}");
 }

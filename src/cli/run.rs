@@ -122,6 +122,13 @@ where
     let base = format!("http://{}", loopback(addr));
     config.kinde.issuer_url = Some(base.clone());
     config.kinde.jwks_url = Some(format!("{base}/.well-known/jwks.json"));
+    // Every route is served by the local issuer, also those naming their own environment.
+    for route in &mut config.routes {
+        if let Some(issuer) = route.issuer_url.take() {
+            out!("  route {}: local issuer instead of {issuer}", route.path);
+        }
+        route.jwks_url = None;
+    }
     if let Err(e) = config.validate() {
         return fail(2, e);
     }

@@ -121,6 +121,12 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
                         "{event_type} {event_id} (webhook-id {webhook_id}) -> {status} in {:.1} ms: {body}",
                         elapsed.as_secs_f64() * 1e3
                     );
+                    if status == 404 || status == 405 {
+                        out!(
+                            "  no webhook route at {url}: --url takes the whole route, e.g. http://127.0.0.1:3000/api/kinde-webhook \
+                             (`kinde-webhooks dev` prints its routes)"
+                        );
+                    }
                     Ok((200..300).contains(&status))
                 }
                 Err(e) => Err(e),

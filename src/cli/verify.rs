@@ -8,7 +8,8 @@ use chrono::Utc;
 
 use super::{build_registry, fail, load_config, out};
 use crate::jwks::{client, fetch_key_set, parse_jwks};
-use crate::verify::{TokenLimits, parse_with};
+use crate::reply::Rejection;
+use crate::verify::{TokenLimits, VerifyError, parse_with};
 
 /// Where `verify` takes the signing keys from.
 #[derive(Debug)]
@@ -17,6 +18,19 @@ pub(super) enum KeySource {
     Url(String),
     /// A JWKS document on disk.
     File(PathBuf),
+    /// The key set of the dev signing key in this folder (`kinde-webhooks dev`'s issuer).
+    Dev(PathBuf),
+}
+
+/// Say what the server would answer for `e`, and exit 1.
+fn refused(e: VerifyError) -> ExitCode {
+    let rejection = Rejection::Verify(e);
+    out!(
+        "  the server answers {} {{\"error\":\"{}\"}} to this token",
+        rejection.status().as_u16(),
+        rejection.reason()
+    );
+    ExitCode::from(1)
 }
 
 /// Verify `token` (or stdin for `-` / none) step by step, saying what passed and what not.
@@ -53,21 +67,30 @@ pub(super) async fn verify(
                 );
             }
         },
-        // The default issuer, else the first route's own.
+        // The default issuer, else the first route's own, else the dev key (a token from
+        // `send --print`).
         (None, None) => config
             .jwks_url()
             .or_else(|| routes.iter().find_map(|r| config.jwks_url_for(r)))
-            .map(KeySource::Url),
+            .map(KeySource::Url)
+            .or_else(|| {
+                let dir = std::env::var_os("KINDE_WEBHOOKS_DEV_DIR")
+                    .map_or_else(|| PathBuf::from(super::DEFAULT_DEV_DIR), PathBuf::from);
+                dir.join(super::DEV_KEY_FILE)
+                    .exists()
+                    .then_some(KeySource::Dev(dir))
+            }),
     };
     let Some(keys) = keys else {
         return fail(
             2,
-            "say where the keys are: --jwks-url URL, --jwks-file FILE, --issuer URL, --route PATH, or KINDE_ISSUER_URL",
+            "say where the keys are: --jwks-url URL, --jwks-file FILE, --issuer URL, --route PATH, or KINDE_ISSUER_URL \
+             (with none of them, the dev key in .kinde-dev is used when `kinde-webhooks dev` made one here)",
         );
     };
     let used_url = match &keys {
         KeySource::Url(url) => Some(url.clone()),
-        KeySource::File(_) => None,
+        KeySource::File(_) | KeySource::Dev(_) => None,
     };
     out!("token: {} bytes", token.trim_ascii().len());
 
@@ -79,7 +102,7 @@ pub(super) async fn verify(
             out!(
                 "  Kinde's header is {{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"<colon-hex>\"}} over base64url segments"
             );
-            return ExitCode::from(1);
+            return refused(e);
         }
     };
     out!("✓ header: alg RS256, kid {:?}", parsed.kid());
@@ -89,6 +112,16 @@ pub(super) async fn verify(
         KeySource::File(path) => match std::fs::read(path) {
             Ok(text) => (path.display().to_string(), parse_jwks(&text)),
             Err(e) => return fail(2, format!("cannot read {}: {e}", path.display())),
+        },
+        KeySource::Dev(dir) => match super::dev_key(dir, false) {
+            Ok(key) => {
+                let jwks = serde_json::to_vec(&key.jwks()).unwrap_or_default();
+                (
+                    format!("the dev key in {}", dir.display()),
+                    parse_jwks(&jwks),
+                )
+            }
+            Err(e) => return fail(2, e),
         },
         KeySource::Url(url) => match fetch_key_set(&client(), url).await {
             Ok((keys, _)) => (url.clone(), Ok(keys)),
@@ -116,7 +149,18 @@ pub(super) async fn verify(
             "✗ kid {:?} is not in that key set: the token was signed by another tenant or environment, or the key rotated",
             parsed.kid()
         );
-        return ExitCode::from(1);
+        for route in &routes {
+            if let Some(url) = config.jwks_url_for(route)
+                && used_url.as_ref() != Some(&url)
+            {
+                out!(
+                    "  route {} verifies against {url}: try --route {}",
+                    route.path,
+                    route.path
+                );
+            }
+        }
+        return refused(VerifyError::UnknownKey(parsed.kid().to_owned()));
     };
     out!("✓ kid found");
 
@@ -125,7 +169,7 @@ pub(super) async fn verify(
         out!(
             "✗ signature: {e} (the token was changed after signing, or signed by another key with the same kid)"
         );
-        return ExitCode::from(1);
+        return refused(e);
     }
     out!("✓ signature verifies (RS256)");
 
@@ -134,7 +178,7 @@ pub(super) async fn verify(
         Ok(e) => e,
         Err(e) => {
             out!("✗ payload: {e}");
-            return ExitCode::from(1);
+            return refused(e);
         }
     };
     out!(
@@ -148,9 +192,10 @@ pub(super) async fn verify(
     // 5. Who would run it.
     for route in &routes {
         let verdict = if let Some(url) = &used_url
-            && config.jwks_url_for(route).as_ref() != Some(url)
+            && let Some(own) = config.jwks_url_for(route)
+            && &own != url
         {
-            let issuer = config.issuer_for(route).unwrap_or_default();
+            let issuer = config.issuer_for(route).unwrap_or(own);
             format!(
                 "verifies against another issuer ({issuer}): check with --route {}",
                 route.path
@@ -192,22 +237,22 @@ pub(super) async fn check(config: Option<PathBuf>) -> ExitCode {
     if let Err(e) = config.validate() {
         return fail(2, e);
     }
-    out!("✓ configuration is valid");
-    for warning in config.warnings() {
-        out!("! {warning}");
-    }
-    let forwarders = match build_registry(&config).and_then(|(r, f)| {
+    // `[handlers.<name>]` sections are part of the configuration: checked against the
+    // registry before the configuration is called valid.
+    let (registry, forwarders) = match build_registry(&config).and_then(|(r, f)| {
         config
             .check_handler_sections(r.entries().iter().map(|e| &*e.name))
             .map(|()| (r, f))
             .map_err(|e| e.to_string())
     }) {
-        Ok((registry, forwarders)) => {
-            out!("✓ {} handler(s) registered", registry.entries().len());
-            forwarders
-        }
+        Ok(built) => built,
         Err(e) => return fail(2, e),
     };
+    out!("✓ configuration is valid");
+    for warning in config.warnings() {
+        out!("! {warning}");
+    }
+    out!("✓ {} handler(s) registered", registry.entries().len());
     let mut failed = false;
     match forwarders.start().await {
         Ok(statuses) => {

@@ -4,10 +4,12 @@
 //! - [`store`]: the storage contract (and its types), so backends share semantics.
 //! - [`sqlite`]: the embedded default, with group commit.
 //! - [`postgres`]: one database shared by server replicas, with leases and wake-ups.
+//! - `sql`: what the two share (time columns, the derived status, the reads).
 //! - [`Inbox`]: the workers: claim due jobs, run each (event, handler) once per attempt
 //!   with a timeout, retry with backoff and jitter, dead-letter, release on shutdown.
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 pub mod store;
 

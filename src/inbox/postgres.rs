@@ -24,10 +24,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 
-use super::sqlite::{from_millis, late_finish, millis};
+use super::sql::{Reads, from_millis, late_finish, millis};
 use super::store::*;
 use crate::config::StoreConfig;
 
@@ -88,14 +88,6 @@ ALTER TABLE events ADD COLUMN issuer TEXT;
 /// The first key of the migration lock (`pg_advisory_xact_lock(key, hashtext(schema))`),
 /// so it does not collide with other applications' advisory locks.
 const MIGRATION_LOCK: i32 = 0x6b77_6864; // "kwhd"
-
-/// The derived event status, as SQL over `e.id` (the same rules as SQLite's).
-const STATUS_SQL: &str = "CASE
-    WHEN NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id) THEN 'skipped'
-    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status = 'dead') THEN 'dead'
-    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status = 'failed') THEN 'failed'
-    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status IN ('pending', 'in_flight')) THEN 'pending'
-    ELSE 'done' END";
 
 /// Rows deleted per purge statement.
 const PURGE_BATCH: i64 = 1000;
@@ -169,6 +161,14 @@ impl PgStore {
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The reads shared with the SQLite store.
+    fn reads(&self) -> Reads<'_, sqlx::Postgres> {
+        Reads {
+            pool: &self.pool,
+            attempt_order: "id",
+        }
     }
 
     /// The schema holding the tables.
@@ -305,19 +305,6 @@ fn text(value: &str) -> std::borrow::Cow<'_, str> {
     } else {
         value.into()
     }
-}
-
-fn summary(row: &PgRow) -> Result<EventSummary, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    Ok(EventSummary {
-        row: row.try_get("id")?,
-        route: row.try_get("route")?,
-        event_id: row.try_get("event_id")?,
-        webhook_id: row.try_get("webhook_id")?,
-        event_type: row.try_get("event_type")?,
-        received_at: from_millis(row.try_get("received_at")?),
-        status: EventStatus::parse(&status).unwrap_or(EventStatus::Pending),
-    })
 }
 
 #[async_trait]
@@ -470,76 +457,11 @@ impl Store for PgStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<EventSummary>, StoreError> {
-        let sql = format!(
-            "SELECT * FROM (SELECT e.id, e.route, e.event_id, e.webhook_id, e.event_type, e.received_at, {STATUS_SQL} AS status
-             FROM events e) s WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR event_type = $2)
-             ORDER BY id DESC LIMIT $3"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(filter.status.map(EventStatus::as_str))
-            .bind(&filter.event_type)
-            .bind(i64::from(filter.limit.max(1)))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(summary).collect::<Result<_, _>>()?)
+        self.reads().list(filter).await
     }
 
     async fn show(&self, event_id: &str) -> Result<Vec<EventDetail>, StoreError> {
-        let sql = format!(
-            "SELECT e.id, e.route, e.event_id, e.webhook_id, e.event_type, e.received_at, e.claims, {STATUS_SQL} AS status
-             FROM events e WHERE e.event_id = $1 ORDER BY e.id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(event_id)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut details = Vec::new();
-        for row in rows {
-            let summary = summary(&row)?;
-            let claims: String = row.try_get("claims")?;
-            let job_rows = sqlx::query(
-                "SELECT handler, status, attempts, due_at, last_error FROM jobs WHERE event_row = $1 ORDER BY handler",
-            )
-            .bind(summary.row)
-            .fetch_all(&self.pool)
-            .await?;
-            let mut jobs = Vec::new();
-            for j in job_rows {
-                let handler: String = j.try_get(0)?;
-                let history = sqlx::query(
-                    "SELECT started_at, duration_ms, error FROM attempts WHERE event_row = $1 AND handler = $2
-                     ORDER BY started_at, id",
-                )
-                .bind(summary.row)
-                .bind(&handler)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|a| {
-                    Ok(AttemptDetail {
-                        started_at: from_millis(a.try_get(0)?),
-                        duration_ms: a.try_get(1)?,
-                        error: a.try_get(2)?,
-                    })
-                })
-                .collect::<Result<_, sqlx::Error>>()?;
-                jobs.push(JobDetail {
-                    handler,
-                    status: j.try_get(1)?,
-                    attempts: j.try_get::<i32, _>(2)?.max(0) as u32,
-                    due_at: from_millis(j.try_get(3)?),
-                    last_error: j.try_get(4)?,
-                    history,
-                });
-            }
-            let claims = serde_json::from_str(&claims).unwrap_or(serde_json::Value::String(claims));
-            details.push(EventDetail {
-                summary,
-                claims,
-                jobs,
-            });
-        }
-        Ok(details)
+        self.reads().show(event_id).await
     }
 
     async fn replay(&self, target: &ReplayTarget, matcher: Matcher<'_>) -> Result<u64, StoreError> {
@@ -634,13 +556,7 @@ impl Store for PgStore {
     }
 
     async fn seen(&self, route: &str, event_id: &str) -> Result<bool, StoreError> {
-        let found: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM seen WHERE route = $1 AND event_id = $2")
-                .bind(route)
-                .bind(event_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
+        self.reads().seen(route, event_id).await
     }
 
     async fn mark_seen(
@@ -649,41 +565,11 @@ impl Store for PgStore {
         event_id: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO seen (route, event_id, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(route)
-        .bind(event_id)
-        .bind(millis(at))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.reads().mark_seen(route, event_id, at).await
     }
 
     async fn depth(&self) -> Result<Depth, StoreError> {
-        let mut depth = Depth::default();
-        for row in sqlx::query("SELECT status, COUNT(*) FROM jobs GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            let (status, count): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-            let count = count.max(0) as u64;
-            match status.as_str() {
-                "pending" | "failed" => depth.pending += count,
-                "in_flight" => depth.in_flight += count,
-                "dead" => depth.dead += count,
-                _ => {}
-            }
-        }
-        let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(e.received_at) FROM jobs j JOIN events e ON e.id = j.event_row
-             WHERE j.status IN ('pending', 'failed', 'in_flight')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        depth.oldest_pending_secs =
-            oldest.map(|t| (Utc::now() - from_millis(t)).num_milliseconds() as f64 / 1e3);
-        Ok(depth)
+        self.reads().depth().await
     }
 
     async fn writable(&self) -> Result<(), StoreError> {

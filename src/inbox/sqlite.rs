@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -18,6 +18,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use super::sql::{Reads, from_millis, late_finish, millis};
 use super::store::*;
 
 /// The most commands one transaction takes.
@@ -89,14 +90,6 @@ ALTER TABLE events ADD COLUMN issuer TEXT;
 "#,
 ];
 
-/// The derived event status, as SQL over `e.id`.
-const STATUS_SQL: &str = "CASE
-    WHEN NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id) THEN 'skipped'
-    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status = 'dead') THEN 'dead'
-    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status = 'failed') THEN 'failed'
-    WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.event_row = e.id AND j.status IN ('pending', 'in_flight')) THEN 'pending'
-    ELSE 'done' END";
-
 enum Command {
     Enqueue(NewEvent, oneshot::Sender<Result<Enqueued, StoreError>>),
     Claim(
@@ -134,14 +127,6 @@ impl std::fmt::Debug for Command {
             Command::Release(..) => "Release",
         })
     }
-}
-
-pub(crate) fn millis(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-pub(crate) fn from_millis(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
 impl SqliteStore {
@@ -201,6 +186,14 @@ impl SqliteStore {
                 "cannot lock {}: {e}",
                 lock_path.display()
             ))),
+        }
+    }
+
+    /// The reads shared with the PostgreSQL store (on the reader pool).
+    fn reads(&self) -> Reads<'_, sqlx::Sqlite> {
+        Reads {
+            pool: &self.pool,
+            attempt_order: "rowid",
         }
     }
 
@@ -476,13 +469,6 @@ async fn finish(tx: &mut SqliteConnection, f: &Finished) -> Result<(), sqlx::Err
     Ok(())
 }
 
-/// A finish for a claim that no longer holds its job: its lease expired and the job was
-/// claimed again (or handed back). The outcome is dropped; the current holder records its own.
-pub(crate) fn late_finish(key: &JobKey) {
-    tracing::warn!(handler = %key.handler, event_row = key.event_row, claim = key.claim,
-        "inbox: an attempt finished after its lease expired and the job was claimed again; its outcome is not recorded");
-}
-
 async fn release(tx: &mut SqliteConnection, keys: &[JobKey]) -> Result<(), sqlx::Error> {
     let now = millis(Utc::now());
     for key in keys {
@@ -498,19 +484,6 @@ async fn release(tx: &mut SqliteConnection, keys: &[JobKey]) -> Result<(), sqlx:
         .await?;
     }
     Ok(())
-}
-
-fn summary(row: &sqlx::sqlite::SqliteRow) -> Result<EventSummary, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    Ok(EventSummary {
-        row: row.try_get("id")?,
-        route: row.try_get("route")?,
-        event_id: row.try_get("event_id")?,
-        webhook_id: row.try_get("webhook_id")?,
-        event_type: row.try_get("event_type")?,
-        received_at: from_millis(row.try_get("received_at")?),
-        status: EventStatus::parse(&status).unwrap_or(EventStatus::Pending),
-    })
 }
 
 #[async_trait]
@@ -541,74 +514,11 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<EventSummary>, StoreError> {
-        let sql = format!(
-            "SELECT * FROM (SELECT e.id, e.route, e.event_id, e.webhook_id, e.event_type, e.received_at, {STATUS_SQL} AS status
-             FROM events e) WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR event_type = ?2) ORDER BY id DESC LIMIT ?3"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(filter.status.map(EventStatus::as_str))
-            .bind(&filter.event_type)
-            .bind(i64::from(filter.limit.max(1)))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(summary).collect::<Result<_, _>>()?)
+        self.reads().list(filter).await
     }
 
     async fn show(&self, event_id: &str) -> Result<Vec<EventDetail>, StoreError> {
-        let sql = format!(
-            "SELECT e.id, e.route, e.event_id, e.webhook_id, e.event_type, e.received_at, e.claims, {STATUS_SQL} AS status
-             FROM events e WHERE e.event_id = ?1 ORDER BY e.id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(event_id)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut details = Vec::new();
-        for row in rows {
-            let summary = summary(&row)?;
-            let claims: String = row.try_get("claims")?;
-            let job_rows = sqlx::query(
-                "SELECT handler, status, attempts, due_at, last_error FROM jobs WHERE event_row = ?1 ORDER BY handler",
-            )
-            .bind(summary.row)
-            .fetch_all(&self.pool)
-            .await?;
-            let mut jobs = Vec::new();
-            for j in job_rows {
-                let handler: String = j.try_get(0)?;
-                let history = sqlx::query(
-                    "SELECT started_at, duration_ms, error FROM attempts WHERE event_row = ?1 AND handler = ?2 ORDER BY started_at, rowid",
-                )
-                .bind(summary.row)
-                .bind(&handler)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|a| {
-                    Ok(AttemptDetail {
-                        started_at: from_millis(a.try_get(0)?),
-                        duration_ms: a.try_get(1)?,
-                        error: a.try_get(2)?,
-                    })
-                })
-                .collect::<Result<_, sqlx::Error>>()?;
-                jobs.push(JobDetail {
-                    handler,
-                    status: j.try_get(1)?,
-                    attempts: j.try_get::<i64, _>(2)? as u32,
-                    due_at: from_millis(j.try_get(3)?),
-                    last_error: j.try_get(4)?,
-                    history,
-                });
-            }
-            let claims = serde_json::from_str(&claims).unwrap_or(serde_json::Value::String(claims));
-            details.push(EventDetail {
-                summary,
-                claims,
-                jobs,
-            });
-        }
-        Ok(details)
+        self.reads().show(event_id).await
     }
 
     async fn replay(&self, target: &ReplayTarget, matcher: Matcher<'_>) -> Result<u64, StoreError> {
@@ -681,13 +591,7 @@ impl Store for SqliteStore {
     }
 
     async fn seen(&self, route: &str, event_id: &str) -> Result<bool, StoreError> {
-        let found: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM seen WHERE route = ?1 AND event_id = ?2")
-                .bind(route)
-                .bind(event_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
+        self.reads().seen(route, event_id).await
     }
 
     async fn mark_seen(
@@ -696,39 +600,11 @@ impl Store for SqliteStore {
         event_id: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO seen (route, event_id, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-        )
-        .bind(route)
-        .bind(event_id)
-        .bind(millis(at))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.reads().mark_seen(route, event_id, at).await
     }
 
     async fn depth(&self) -> Result<Depth, StoreError> {
-        let mut depth = Depth::default();
-        for row in sqlx::query("SELECT status, COUNT(*) FROM jobs GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            let (status, count): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-            match status.as_str() {
-                "pending" | "failed" => depth.pending += count as u64,
-                "in_flight" => depth.in_flight += count as u64,
-                "dead" => depth.dead += count as u64,
-                _ => {}
-            }
-        }
-        let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(e.received_at) FROM jobs j JOIN events e ON e.id = j.event_row WHERE j.status IN ('pending', 'failed', 'in_flight')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        depth.oldest_pending_secs =
-            oldest.map(|t| (Utc::now() - from_millis(t)).num_milliseconds() as f64 / 1e3);
-        Ok(depth)
+        self.reads().depth().await
     }
 
     async fn writable(&self) -> Result<(), StoreError> {

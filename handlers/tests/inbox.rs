@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BIN, serve_jwks};
-use kinde_webhooks::Registry;
+use common::{BIN, post, serve_jwks, user_created_jobs};
 use kinde_webhooks::samples::sample_claims;
 // Linked so the registry below sees the same handlers as the binary.
 use kinde_webhooks::signing::{SigningKey, new_webhook_id};
@@ -30,14 +29,6 @@ const HANDLED: Duration = Duration::from_secs(30);
 /// `[inbox] shutdown_grace` in the test configuration.
 const GRACE: Duration = Duration::from_secs(2);
 const OK_BODY: &str = r#"{"status":"ok"}"#;
-
-/// How many jobs one user.created event gets: the bundled handler, plus any a user added.
-fn user_created_jobs() -> usize {
-    Registry::from_inventory()
-        .expect("handlers linked")
-        .handlers_for("user.created")
-        .count()
-}
 
 /// The bundled user.created handler's job in `inbox show --json` output.
 fn bundled_job(shown: &Value) -> &Value {
@@ -342,26 +333,6 @@ fn wait_handled(server: &mut Server, earlier: &[String], ids: &HashSet<String>) 
         }
         server.pump(Duration::from_millis(100));
     }
-}
-
-/// POST a token; the status and body, or why no answer came.
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    webhook_id: &str,
-) -> Result<(u16, String), String> {
-    let response = client
-        .post(url)
-        .header("content-type", "application/jwt")
-        .header("webhook-id", webhook_id)
-        .body(token.to_owned())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response.text().await.map_err(|e| e.to_string())?;
-    Ok((status, body))
 }
 
 /// POST one token that must be acknowledged.

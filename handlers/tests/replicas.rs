@@ -24,8 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BIN, serve_jwks};
-use kinde_webhooks::Registry;
+use common::{BIN, post, serve_jwks, user_created_jobs};
 use kinde_webhooks::samples::sample_claims;
 use kinde_webhooks::signing::{SigningKey, new_webhook_id};
 // Linked so the registry below sees the same handlers as the binary.
@@ -434,14 +433,6 @@ fn handled(lines: &[String]) -> HashMap<String, usize> {
     count_messages(lines, "user created")
 }
 
-/// How many jobs one user.created event gets: the bundled handler, plus any a user added.
-fn user_created_jobs() -> usize {
-    Registry::from_inventory()
-        .expect("handlers linked")
-        .handlers_for("user.created")
-        .count()
-}
-
 /// One POST: an event's token to a replica.
 #[derive(Debug, Clone)]
 struct Delivery {
@@ -467,26 +458,6 @@ impl Sent {
     fn acked(&self) -> HashSet<String> {
         self.acks.iter().map(|(id, _)| id.clone()).collect()
     }
-}
-
-/// POST a token; the status and body, or why no answer came.
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    webhook_id: &str,
-) -> Result<(u16, String), String> {
-    let response = client
-        .post(url)
-        .header("content-type", "application/jwt")
-        .header("webhook-id", webhook_id)
-        .body(token.to_owned())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response.text().await.map_err(|e| e.to_string())?;
-    Ok((status, body))
 }
 
 fn client() -> reqwest::Client {

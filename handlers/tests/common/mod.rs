@@ -1,6 +1,6 @@
 //! Helpers shared by the tests that spawn the real `kinde-webhooks` binary (`binary.rs`,
-//! `inbox.rs`): its path, a JWKS endpoint served by the test, and a reader of a spawned
-//! process's output.
+//! `inbox.rs`, `replicas.rs`): its path, a JWKS endpoint served by the test, a reader of a
+//! spawned process's output, and a POST of a token.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::Child;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::routing::get;
+use kinde_webhooks::Registry;
 use kinde_webhooks::signing::SigningKey;
 
 /// The `kinde-webhooks` binary built for these tests.
@@ -26,6 +27,37 @@ pub(crate) async fn serve_jwks(key: &SigningKey) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
+}
+
+/// POST a token with a `webhook-id`; the status and body, or why no answer came.
+// inbox.rs and replicas.rs post; binary.rs compiles this module without using it.
+#[allow(dead_code)]
+pub(crate) async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    webhook_id: &str,
+) -> Result<(u16, String), String> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/jwt")
+        .header("webhook-id", webhook_id)
+        .body(token.to_owned())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// How many jobs one user.created event gets: the bundled handler, plus any a user added.
+#[allow(dead_code)] // as `post`
+pub(crate) fn user_created_jobs() -> usize {
+    Registry::from_inventory()
+        .expect("handlers linked")
+        .handlers_for("user.created")
+        .count()
 }
 
 /// A child's stdout and stderr, read line by line on two threads into one channel.

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use common::{BIN, post, serve_jwks, user_created_jobs};
 use kinde_webhooks::samples::sample_claims;
 use kinde_webhooks::signing::{SigningKey, new_webhook_id};
+use kinde_webhooks::testing::TestSchema;
 // Linked so the registry below sees the same handlers as the binary.
 use kinde_webhooks_handlers as _;
 use serde_json::Value;
@@ -58,37 +59,22 @@ fn database_url() -> Option<String> {
     url
 }
 
-/// A schema of its own for one test, dropped at the end (also when the test panics).
-struct Schema {
-    url: String,
-    name: String,
-}
+/// The test's own schema (dropped at the end, also when the test panics), read directly.
+struct Schema(TestSchema);
 
 impl Schema {
     fn new(url: &str) -> Schema {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        Schema {
-            url: url.to_owned(),
-            name: format!(
-                "kw_rep_{}_{}_{nanos}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::SeqCst)
-            ),
-        }
+        Schema(TestSchema::new(url))
     }
 
     /// A connection (not through any proxy) whose `search_path` is this schema.
     async fn connect(&self) -> PgConnection {
-        let mut conn = PgConnection::connect(&self.url)
+        let mut conn = PgConnection::connect(self.0.url())
             .await
             .expect("connect to DATABASE_URL");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "SET search_path TO \"{}\"",
-            self.name
+            self.0.name()
         )))
         .execute(&mut conn)
         .await
@@ -164,32 +150,6 @@ impl Schema {
     }
 }
 
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime: do the async work on a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let mut conn = PgConnection::connect(&url).await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
-                )))
-                .execute(&mut conn)
-                .await?;
-                conn.close().await
-            })?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test schema {}: {dropped:?}", self.name);
-        }
-    }
-}
-
 /// One (event, handler) job as the store holds it.
 #[derive(Debug)]
 #[allow(dead_code)] // `handler` and `attempts` show in failure messages (Debug).
@@ -255,7 +215,7 @@ patterns = ["*"]
 level = "info"
 format = "json"
 "#,
-                schema = schema.name,
+                schema = schema.0.name(),
                 grace = GRACE.as_secs()
             ),
         )

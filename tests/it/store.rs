@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -17,6 +16,7 @@ use kinde_webhooks::inbox::store::{
     EventStatus, Finished, Job, ListFilter, NewEvent, Outcome, ReplayTarget,
 };
 use kinde_webhooks::inbox::{Enqueued, PgStore, SqliteStore, Store, StoreError};
+use kinde_webhooks::testing::TestSchema;
 use kinde_webhooks::{Config, Registry};
 use serde_json::json;
 use tempfile::TempDir;
@@ -28,80 +28,11 @@ static PG: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// `DATABASE_URL`, or `None` after saying the PostgreSQL part is skipped.
-fn database_url() -> Option<String> {
-    let url = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty());
-    if url.is_none() {
-        eprintln!("skipped: DATABASE_URL not set");
-    }
-    url
-}
-
-/// A schema of its own for one test, dropped at the end (also when the test panics).
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Schema {
-    fn new(url: &str) -> Schema {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = Utc::now().timestamp_subsec_nanos();
-        Schema {
-            url: url.to_owned(),
-            name: format!(
-                "kw_test_{}_{}_{nanos}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::SeqCst)
-            ),
-        }
-    }
-
-    /// `[store]` for this schema: PostgreSQL, a pool of 4.
-    fn store_config(&self) -> StoreConfig {
-        StoreConfig {
-            backend: "postgres".into(),
-            url: Some(self.url.clone()),
-            schema: self.name.clone(),
-            max_connections: 4,
-            ..StoreConfig::default()
-        }
-    }
-
-    async fn open(&self) -> PgStore {
-        PgStore::open(&self.store_config())
-            .await
-            .expect("open the PostgreSQL store")
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime: do the async work on a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&url).await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
-                )))
-                .execute(&mut conn)
-                .await?;
-                conn.close().await
-            })?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test schema {}: {dropped:?}", self.name);
-        }
-    }
+/// Open the PostgreSQL store in `schema`.
+async fn open(schema: &TestSchema) -> PgStore {
+    PgStore::open(&schema.store_config())
+        .await
+        .expect("open the PostgreSQL store")
 }
 
 /// A store under test and what keeps it alive (its file, its schema).
@@ -109,7 +40,7 @@ struct Backend {
     name: &'static str,
     store: Arc<dyn Store>,
     _file: Option<TempDir>,
-    _schema: Option<Schema>,
+    _schema: Option<TestSchema>,
 }
 
 /// SQLite, and PostgreSQL when `DATABASE_URL` is set.
@@ -124,11 +55,10 @@ async fn backends() -> Vec<Backend> {
         _file: Some(dir),
         _schema: None,
     }];
-    if let Some(url) = database_url() {
-        let schema = Schema::new(&url);
+    if let Some(schema) = TestSchema::from_env() {
         all.push(Backend {
             name: "postgres",
-            store: Arc::new(schema.open().await),
+            store: Arc::new(open(&schema).await),
             _file: None,
             _schema: Some(schema),
         });
@@ -601,8 +531,9 @@ async fn contract_purge_seen_and_list() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_replicas_starting_together_migrate_once_and_wake_each_other() {
     let _db = PG.lock().await;
-    let Some(url) = database_url() else { return };
-    let schema = Schema::new(&url);
+    let Some(schema) = TestSchema::from_env() else {
+        return;
+    };
     let config = schema.store_config();
     let opened = futures_util::future::join_all((0..3).map(|_| PgStore::open(&config))).await;
     let stores: Vec<PgStore> = opened
@@ -635,11 +566,11 @@ async fn postgres_replicas_starting_together_migrate_once_and_wake_each_other() 
     );
     let mut conn = {
         use sqlx::Connection;
-        sqlx::PgConnection::connect(&url).await.unwrap()
+        sqlx::PgConnection::connect(schema.url()).await.unwrap()
     };
     let versions: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT version FROM \"{}\".schema_migrations ORDER BY version",
-        schema.name
+        schema.name()
     )))
     .fetch_all(&mut conn)
     .await
@@ -671,7 +602,7 @@ async fn postgres_unreachable_fails_fast_with_a_store_error() {
 }
 
 /// An inbox-mode config on PostgreSQL (this test's schema) with fast retries.
-fn pg_server_config(jwks: &JwksServer, schema: &Schema, extra: &str) -> Config {
+fn pg_server_config(jwks: &JwksServer, schema: &TestSchema, extra: &str) -> Config {
     let mut config = jwks.config(&format!(
         "[delivery]\nmode = \"inbox\"\nhandler_timeout = \"300ms\"\n\
          [inbox]\nretry_base = \"20ms\"\nretry_cap = \"50ms\"\nmax_attempts = 3\nlease = \"30s\"\n{extra}"
@@ -684,8 +615,9 @@ fn pg_server_config(jwks: &JwksServer, schema: &Schema, extra: &str) -> Config {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_inbox_end_to_end_dedup_and_retries_over_http() {
     let _db = PG.lock().await;
-    let Some(url) = database_url() else { return };
-    let schema = Schema::new(&url);
+    let Some(schema) = TestSchema::from_env() else {
+        return;
+    };
     let k = key();
     let jwks = JwksServer::start(&[&k]).await;
     let recorder = Recorder::new();
@@ -743,8 +675,9 @@ async fn postgres_inbox_end_to_end_dedup_and_retries_over_http() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_work_stored_by_another_replica_wakes_an_idle_server() {
     let _db = PG.lock().await;
-    let Some(url) = database_url() else { return };
-    let schema = Schema::new(&url);
+    let Some(schema) = TestSchema::from_env() else {
+        return;
+    };
     let jwks = JwksServer::start(&[&key()]).await;
     let recorder = Recorder::new();
     // Workers poll only every minute: only a wake-up gets the job run within the deadline.
@@ -755,7 +688,7 @@ async fn postgres_work_stored_by_another_replica_wakes_an_idle_server() {
     .await;
     // Let the workers go idle (first claim found nothing).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let other = schema.open().await;
+    let other = open(&schema).await;
     assert_eq!(
         other
             .enqueue(new_event("/api/kinde-webhook", "event_other", &["rec"]))
@@ -797,8 +730,7 @@ async fn event_ids_and_types_a_store_cannot_hold_are_refused_alike_on_both_backe
     let jwks = JwksServer::start(&[&k]).await;
     let dir = TempDir::new().expect("temporary folder");
     let mut servers = vec![("sqlite", sqlite_server_config(&jwks, &dir, ""), None)];
-    if let Some(url) = database_url() {
-        let schema = Schema::new(&url);
+    if let Some(schema) = TestSchema::from_env() {
         servers.push((
             "postgres",
             pg_server_config(&jwks, &schema, ""),
@@ -906,8 +838,7 @@ async fn a_handler_error_holding_a_nul_is_recorded_on_both_backends() {
     let dir = TempDir::new().expect("temporary folder");
     let poll = "poll_interval = \"20ms\"";
     let mut servers = vec![("sqlite", sqlite_server_config(&jwks, &dir, poll), None)];
-    if let Some(url) = database_url() {
-        let schema = Schema::new(&url);
+    if let Some(schema) = TestSchema::from_env() {
         servers.push((
             "postgres",
             pg_server_config(&jwks, &schema, poll),
@@ -994,4 +925,54 @@ async fn contract_a_claimed_job_carries_the_issuer_its_event_was_verified_by() {
             "{name}: the issuer is stored, not looked up from today's config"
         );
     }
+}
+
+/// The test kit's way to the shared store, as a user's test takes it: a `TestSchema`'s
+/// `[store]` TOML given to a `TestServer` in inbox mode. The event is stored in that
+/// schema, the handler runs from the inbox, and the schema is gone once the test drops it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kit_runs_a_test_server_on_a_schema_of_its_own_and_drops_it() {
+    let _db = PG.lock().await;
+    let Some(schema) = TestSchema::from_env() else {
+        return;
+    };
+    let issuer = kinde_webhooks::testing::TestIssuer::start().await;
+    let server = kinde_webhooks::testing::TestServer::builder(&issuer)
+        .toml(&format!(
+            "[delivery]\nmode = \"inbox\"\n[inbox]\npoll_interval = \"20ms\"\n{}",
+            schema.store_toml()
+        ))
+        .handler("rec", &["user.created"], Recorder::new())
+        .start()
+        .await;
+    let event = issuer.event("user.created");
+    assert_eq!(server.send(&event).await, (200, ok()));
+    assert_eq!(server.wait_for("rec", 1).await[0].event_id, event.id());
+
+    let (url, name) = (schema.url().to_owned(), schema.name().to_owned());
+    let schemas = || async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let stored: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT event_id FROM \"{name}\".events"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(&name)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        (stored, exists)
+    };
+    assert_eq!(schemas().await, (vec![event.id().to_owned()], true));
+    drop(server);
+    drop(schema);
+    assert_eq!(
+        schemas().await,
+        (vec![], false),
+        "dropped with the TestSchema"
+    );
 }

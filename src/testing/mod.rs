@@ -8,6 +8,8 @@
 //!   trusting a `TestIssuer`, with the handlers and the application state the test chooses.
 //!   It shuts down when dropped.
 //! - [`Recorder`]: a handler that keeps every event it receives, to assert on.
+//! - [`TestSchema`]: a PostgreSQL schema of its own for one test (`DATABASE_URL`),
+//!   dropped afterwards, for tests of the shared store.
 //!
 //! Nothing here touches the network beyond loopback, and nothing needs a Kinde account.
 //! The kit is for tests: set-up failures (no free port, a bad config) panic with the cause.
@@ -68,6 +70,8 @@
 //! `[delivery]` mode and a `[store]` in [`TestServerBuilder::toml`] and waits with
 //! [`Recorder::wait_for`].
 
+mod postgres;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -89,6 +93,7 @@ use crate::samples::sample_data;
 use crate::server::{StartError, WEBHOOK_ID_HEADER, Webhooks};
 use crate::signing::{SigningKey, complete_claims, new_event_id, new_webhook_id};
 use crate::{Context, Event, EventHandler, HandlerError, State, async_trait};
+pub use postgres::TestSchema;
 
 /// The longest the kit waits for something to happen before it fails the test.
 pub const DEADLINE: Duration = Duration::from_secs(10);

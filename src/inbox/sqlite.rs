@@ -15,7 +15,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{Reads, from_millis, late_finish, millis};
@@ -284,21 +284,36 @@ async fn run_batch(conn: &mut SqliteConnection, batch: Vec<Command>) {
     let result: Result<Vec<Produced>, sqlx::Error> = async {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let mut produced = Vec::with_capacity(batch.len());
-        for cmd in &batch {
-            produced.push(match cmd {
-                Command::Enqueue(event, _) => Produced::Enqueued(enqueue(&mut tx, event).await?),
-                Command::Claim(limit, lease, _) => {
-                    Produced::Claimed(claim(&mut tx, *limit, *lease).await?)
+        // Commands run in order; a run of enqueues (or of finishes) next to each other goes
+        // in as one statement per table rather than one per command: the single writer
+        // pays for every statement it steps.
+        let mut rest = &batch[..];
+        while let Some(cmd) = rest.first() {
+            let taken = match cmd {
+                Command::Enqueue(..) => {
+                    let events = enqueue_run(rest);
+                    for e in enqueue_all(&mut tx, &events).await? {
+                        produced.push(Produced::Enqueued(e));
+                    }
+                    events.len()
                 }
-                Command::Finish(finished, _) => {
-                    finish(&mut tx, finished).await?;
-                    Produced::Unit
+                Command::Finish(..) => {
+                    let finished = finish_run(rest);
+                    finish_all(&mut tx, &finished).await?;
+                    produced.extend(finished.iter().map(|_| Produced::Unit));
+                    finished.len()
+                }
+                Command::Claim(limit, lease, _) => {
+                    produced.push(Produced::Claimed(claim(&mut tx, *limit, *lease).await?));
+                    1
                 }
                 Command::Release(keys, _) => {
                     release(&mut tx, keys).await?;
-                    Produced::Unit
+                    produced.push(Produced::Unit);
+                    1
                 }
-            });
+            };
+            rest = &rest[taken..];
         }
         tx.commit().await?;
         Ok(produced)
@@ -336,38 +351,70 @@ async fn run_batch(conn: &mut SqliteConnection, batch: Vec<Command>) {
     }
 }
 
-async fn enqueue(tx: &mut SqliteConnection, e: &NewEvent) -> Result<Enqueued, sqlx::Error> {
-    let row: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO events (route, event_id, webhook_id, event_type, claims, received_at, issuer)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (route, event_id) DO NOTHING RETURNING id",
-    )
-    .bind(&e.route)
-    .bind(&e.event_id)
-    .bind(&e.webhook_id)
-    .bind(&e.event_type)
-    .bind(&*e.claims)
-    .bind(millis(e.received_at))
-    .bind(&e.issuer)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        return Ok(Enqueued::Duplicate);
-    };
-    if !e.handlers.is_empty() {
-        // Every job of the event in one statement.
-        let handlers: Vec<&str> = e.handlers.iter().map(|h| &**h).collect();
-        let handlers = serde_json::to_string(&handlers).unwrap_or_else(|_| "[]".into());
+/// The enqueues at the head of `commands`, up to the first command of another kind.
+fn enqueue_run(commands: &[Command]) -> Vec<&NewEvent> {
+    commands
+        .iter()
+        .map_while(|cmd| match cmd {
+            Command::Enqueue(event, _) => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Store `events` (one INSERT for the events, one for all their jobs) and say, for each in
+/// order, whether it was new. A (route, event_id) already stored, or given earlier in
+/// `events`, is a duplicate: the first one given is the one kept, as one by one.
+async fn enqueue_all(
+    tx: &mut SqliteConnection,
+    events: &[&NewEvent],
+) -> Result<Vec<Enqueued>, sqlx::Error> {
+    let mut insert = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO events (route, event_id, webhook_id, event_type, claims, received_at, issuer) ",
+    );
+    insert.push_values(events, |mut row, e| {
+        row.push_bind(&e.route)
+            .push_bind(&e.event_id)
+            .push_bind(&e.webhook_id)
+            .push_bind(&e.event_type)
+            .push_bind(&*e.claims)
+            .push_bind(millis(e.received_at))
+            .push_bind(&e.issuer);
+    });
+    insert.push(" ON CONFLICT (route, event_id) DO NOTHING RETURNING id, route, event_id");
+    let mut stored = std::collections::HashMap::new();
+    for row in insert.build().fetch_all(&mut *tx).await? {
+        let key: (String, String) = (row.try_get(1)?, row.try_get(2)?);
+        stored.insert(key, row.try_get::<i64, _>(0)?);
+    }
+    let mut outcomes = Vec::with_capacity(events.len());
+    // Every job of every new event in one statement: [event row, handler, due] triples.
+    let mut jobs = Vec::new();
+    for e in events {
+        // `remove`: a later copy of the same key in this run finds it gone, a duplicate.
+        match stored.remove(&(e.route.clone(), e.event_id.clone())) {
+            Some(row) => {
+                let due = millis(e.received_at);
+                jobs.extend(
+                    e.handlers
+                        .iter()
+                        .map(|h| serde_json::json!([row, &**h, due])),
+                );
+                outcomes.push(Enqueued::Stored);
+            }
+            None => outcomes.push(Enqueued::Duplicate),
+        }
+    }
+    if !jobs.is_empty() {
         sqlx::query(
             "INSERT INTO jobs (event_row, handler, status, attempts, due_at, updated_at)
-             SELECT ?1, value, 'pending', 0, ?3, ?3 FROM json_each(?2)",
+             SELECT value ->> 0, value ->> 1, 'pending', 0, value ->> 2, value ->> 2 FROM json_each(?1)",
         )
-        .bind(row)
-        .bind(handlers)
-        .bind(millis(e.received_at))
+        .bind(serde_json::Value::Array(jobs).to_string())
         .execute(&mut *tx)
         .await?;
     }
-    Ok(Enqueued::Stored)
+    Ok(outcomes)
 }
 
 async fn claim(
@@ -432,40 +479,74 @@ async fn claim(
     Ok(jobs)
 }
 
-async fn finish(tx: &mut SqliteConnection, f: &Finished) -> Result<(), sqlx::Error> {
+/// The finishes at the head of `commands`, up to the first command of another kind or the
+/// first that names a job already in the run (that one goes in the next statement, so it
+/// sees the first one's outcome, as one by one).
+fn finish_run(commands: &[Command]) -> Vec<&Finished> {
+    let mut keys = std::collections::HashSet::new();
+    commands
+        .iter()
+        .map_while(|cmd| match cmd {
+            Command::Finish(f, _) if keys.insert((f.key.event_row, &f.key.handler)) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Record the outcomes (one UPDATE for the jobs, one INSERT for their attempts). A job no
+/// longer held under the finished claim records nothing.
+async fn finish_all(tx: &mut SqliteConnection, finished: &[&Finished]) -> Result<(), sqlx::Error> {
     let now = millis(Utc::now());
-    let (status, error, due) = match &f.outcome {
+    let outcome = |f: &Finished| match &f.outcome {
         Outcome::Done => ("done", None, None),
-        Outcome::Retry { error, due_at } => ("failed", Some(error.as_str()), Some(millis(*due_at))),
-        Outcome::Dead { error } => ("dead", Some(error.as_str()), None),
+        Outcome::Retry { error, due_at } => ("failed", Some(error.clone()), Some(millis(*due_at))),
+        Outcome::Dead { error } => ("dead", Some(error.clone()), None),
     };
-    let held = sqlx::query(
-        "UPDATE jobs SET status = ?3, attempts = attempts + 1, last_error = ?4, due_at = COALESCE(?5, due_at),
-             lease_until = NULL, updated_at = ?6
-         WHERE event_row = ?1 AND handler = ?2 AND status = 'in_flight' AND claim_seq = ?7",
-    )
-    .bind(f.key.event_row)
-    .bind(&f.key.handler)
-    .bind(status)
-    .bind(error)
-    .bind(due)
-    .bind(now)
-    .bind(f.key.claim)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if held == 0 {
+    let mut update =
+        QueryBuilder::<Sqlite>::new("WITH f (event_row, handler, claim, status, error, due) AS (");
+    update.push_values(finished, |mut row, f| {
+        let (status, error, due) = outcome(f);
+        row.push_bind(f.key.event_row)
+            .push_bind(&f.key.handler)
+            .push_bind(f.key.claim)
+            .push_bind(status)
+            .push_bind(error)
+            .push_bind(due);
+    });
+    update.push(
+        ") UPDATE jobs SET status = f.status, attempts = attempts + 1, last_error = f.error,
+             due_at = COALESCE(f.due, jobs.due_at), lease_until = NULL, updated_at = ",
+    );
+    update.push_bind(now);
+    update.push(
+        " FROM f WHERE jobs.event_row = f.event_row AND jobs.handler = f.handler
+             AND jobs.status = 'in_flight' AND jobs.claim_seq = f.claim
+         RETURNING jobs.event_row, jobs.handler",
+    );
+    let mut held = std::collections::HashSet::new();
+    for row in update.build().fetch_all(&mut *tx).await? {
+        held.insert((row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?));
+    }
+    let (recorded, late): (Vec<&Finished>, Vec<&Finished>) = finished
+        .iter()
+        .partition(|f| held.contains(&(f.key.event_row, f.key.handler.clone())));
+    for f in late {
         late_finish(&f.key);
+    }
+    if recorded.is_empty() {
         return Ok(());
     }
-    sqlx::query("INSERT INTO attempts (event_row, handler, started_at, duration_ms, error) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .bind(f.key.event_row)
-        .bind(&f.key.handler)
-        .bind(millis(f.started_at))
-        .bind(f.duration.as_secs_f64() * 1e3)
-        .bind(error)
-        .execute(&mut *tx)
-        .await?;
+    let mut attempts = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO attempts (event_row, handler, started_at, duration_ms, error) ",
+    );
+    attempts.push_values(recorded, |mut row, f| {
+        row.push_bind(f.key.event_row)
+            .push_bind(&f.key.handler)
+            .push_bind(millis(f.started_at))
+            .push_bind(f.duration.as_secs_f64() * 1e3)
+            .push_bind(outcome(f).1);
+    });
+    attempts.build().execute(&mut *tx).await?;
     Ok(())
 }
 

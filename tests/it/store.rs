@@ -254,6 +254,101 @@ async fn contract_an_expired_lease_is_claimed_again_and_the_late_finish_changes_
     }
 }
 
+/// Writes that reach the store together (the SQLite writer takes them as one batch and puts
+/// a run of enqueues, or of finishes, in as one statement) end as if made one by one.
+#[tokio::test(flavor = "multi_thread")]
+async fn contract_writes_sent_together_end_as_if_made_one_by_one() {
+    let _db = PG.lock().await;
+    for b in backends().await {
+        let (store, name) = (&*b.store, b.name);
+        // 30 events at once, each given twice (the copy right after it, or 15 later), and
+        // one with no handlers.
+        let ids: Vec<String> = (0..30).map(|i| format!("event_t{i}")).collect();
+        let mut given: Vec<NewEvent> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            given.push(new_event("/a", id, &["h1", "h2"]));
+            if i % 2 == 0 {
+                given.push(new_event("/a", id, &["h1", "h2"]));
+            }
+        }
+        given.extend(
+            ids.iter()
+                .skip(1)
+                .step_by(2)
+                .map(|id| new_event("/a", id, &["h1"])),
+        );
+        given.push(new_event("/a", "event_t_none", &[]));
+        let outcomes =
+            futures_util::future::join_all(given.into_iter().map(|e| store.enqueue(e))).await;
+        let outcomes: Vec<Enqueued> = outcomes.into_iter().map(Result::unwrap).collect();
+        let stored = outcomes.iter().filter(|e| **e == Enqueued::Stored).count();
+        assert_eq!(stored, 31, "{name}: each event once: {outcomes:?}");
+        // The first copy given is the one kept: its jobs, not a later copy's.
+        for (i, id) in ids.iter().enumerate() {
+            let detail = store.show(id).await.unwrap();
+            assert_eq!(detail.len(), 1, "{name}: {id}");
+            let mut handlers: Vec<_> = detail[0].jobs.iter().map(|j| j.handler.clone()).collect();
+            handlers.sort();
+            assert_eq!(handlers, ["h1", "h2"], "{name}: {id} ({i})");
+        }
+        assert_eq!(
+            status(store, "event_t_none").await,
+            EventStatus::Skipped,
+            "{name}"
+        );
+
+        let jobs = store.claim(100, LONG).await.unwrap();
+        assert_eq!(jobs.len(), 60, "{name}");
+        // Finish them all at once: h1 done, h2 retried, and every fifth h1 finished twice
+        // (the second changes nothing).
+        let mut finishes = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if job.key.handler == "h1" {
+                finishes.push(done(job));
+                if i % 5 == 0 {
+                    finishes.push(finished(
+                        job,
+                        Outcome::Dead {
+                            error: "again".into(),
+                        },
+                    ));
+                }
+            } else {
+                let due_at = Utc::now() + chrono::Duration::seconds(60);
+                let error = format!("no {}", job.key.event_row);
+                finishes.push(finished(job, Outcome::Retry { error, due_at }));
+            }
+        }
+        for r in futures_util::future::join_all(finishes.into_iter().map(|f| store.finish(f))).await
+        {
+            r.unwrap();
+        }
+        for id in &ids {
+            assert_eq!(
+                job_state(store, id, "h1").await,
+                ("done".into(), 1, 1),
+                "{name}: {id}"
+            );
+            assert_eq!(
+                job_state(store, id, "h2").await,
+                ("failed".into(), 1, 1),
+                "{name}: {id}"
+            );
+            let detail = store.show(id).await.unwrap().remove(0);
+            let h2 = detail.jobs.iter().find(|j| j.handler == "h2").unwrap();
+            let row = jobs
+                .iter()
+                .find(|j| j.webhook_id.as_deref() == Some(&format!("msg_{id}")));
+            let expected = format!("no {}", row.unwrap().key.event_row);
+            assert_eq!(h2.last_error.as_deref(), Some(&*expected), "{name}: {id}");
+        }
+        assert!(
+            store.claim(100, LONG).await.unwrap().is_empty(),
+            "{name}: retries are not due"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn contract_retry_then_dead_and_release() {
     let _db = PG.lock().await;

@@ -299,19 +299,18 @@ async fn contract_writes_sent_together_end_as_if_made_one_by_one() {
 
         let jobs = store.claim(100, LONG).await.unwrap();
         assert_eq!(jobs.len(), 60, "{name}");
-        // Finish them all at once: h1 done, h2 retried, and every fifth h1 finished twice
-        // (the second changes nothing).
+        // Finish them all at once: h1 done, h2 retried, and some h1 finished twice (done,
+        // then dead): one of the two is recorded, whichever the store took first (SQLite
+        // takes them in order; PostgreSQL runs them on connections of their own).
         let mut finishes = Vec::new();
+        let mut twice = HashSet::new();
         for (i, job) in jobs.iter().enumerate() {
             if job.key.handler == "h1" {
                 finishes.push(done(job));
                 if i % 5 == 0 {
-                    finishes.push(finished(
-                        job,
-                        Outcome::Dead {
-                            error: "again".into(),
-                        },
-                    ));
+                    twice.insert(job.key.event_row);
+                    let error = "again".into();
+                    finishes.push(finished(job, Outcome::Dead { error }));
                 }
             } else {
                 let due_at = Utc::now() + chrono::Duration::seconds(60);
@@ -323,23 +322,29 @@ async fn contract_writes_sent_together_end_as_if_made_one_by_one() {
         {
             r.unwrap();
         }
+        assert!(!twice.is_empty());
         for id in &ids {
+            let webhook_id = format!("msg_{id}");
+            let job = jobs
+                .iter()
+                .find(|j| j.webhook_id.as_ref() == Some(&webhook_id));
+            let row = job.unwrap().key.event_row;
+            let (h1, attempts, history) = job_state(store, id, "h1").await;
             assert_eq!(
-                job_state(store, id, "h1").await,
-                ("done".into(), 1, 1),
-                "{name}: {id}"
+                (attempts, history),
+                (1, 1),
+                "{name}: {id}: one outcome recorded"
             );
-            assert_eq!(
-                job_state(store, id, "h2").await,
-                ("failed".into(), 1, 1),
-                "{name}: {id}"
-            );
+            if twice.contains(&row) && name == "postgres" {
+                assert!(h1 == "done" || h1 == "dead", "{name}: {id}: {h1}");
+            } else {
+                assert_eq!(h1, "done", "{name}: {id}");
+            }
+            let h2 = job_state(store, id, "h2").await;
+            assert_eq!(h2, ("failed".into(), 1, 1), "{name}: {id}");
             let detail = store.show(id).await.unwrap().remove(0);
             let h2 = detail.jobs.iter().find(|j| j.handler == "h2").unwrap();
-            let row = jobs
-                .iter()
-                .find(|j| j.webhook_id.as_deref() == Some(&format!("msg_{id}")));
-            let expected = format!("no {}", row.unwrap().key.event_row);
+            let expected = format!("no {row}");
             assert_eq!(h2.last_error.as_deref(), Some(&*expected), "{name}: {id}");
         }
         assert!(

@@ -353,11 +353,13 @@ impl KeyStore {
             .last_kid_fetch
             .is_some_and(|t| t.elapsed() < self.inner.cooldown);
         if !fetched_since && !cooling {
+            // The cooldown starts with the fetch, so a request given up mid-fetch (its
+            // client hung up) still spaces the next one...
+            state.last_kid_fetch = Some(Instant::now());
             if let Err(e) = self.fetch_locked(&mut state).await {
                 tracing::warn!(error = %error_chain(&e), held = self.has_keys(), "JWKS refresh for an unknown kid failed");
             }
-            // The cooldown counts from the end of the fetch, so a slow JWKS cannot be kept
-            // busy back to back.
+            // ...and counts again from its end, so a slow JWKS cannot be kept busy back to back.
             state.last_kid_fetch = Some(Instant::now());
             if let Some(key) = self.lookup(kid) {
                 return Ok(key);
@@ -373,7 +375,20 @@ impl KeyStore {
     }
 
     /// Fetch and swap in the key set; `_locked` proves the caller holds the fetch lock.
+    /// The fetch runs in a task of its own: a caller dropped midway (a request whose client
+    /// hung up) does not cut it short, so every fetch started ends, is counted and applied.
     async fn fetch_locked(&self, _locked: &mut FetchState) -> Result<usize, JwksError> {
+        let store = self.clone();
+        match tokio::spawn(async move { store.fetch_and_swap().await }).await {
+            Ok(result) => result,
+            Err(e) => Err(JwksError::Invalid {
+                url: self.inner.url.clone(),
+                message: format!("the fetch task failed: {e}"),
+            }),
+        }
+    }
+
+    async fn fetch_and_swap(&self) -> Result<usize, JwksError> {
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
         let result = fetch_key_set(&self.inner.client, &self.inner.url).await;
         self.inner.generation.fetch_add(1, Ordering::AcqRel);

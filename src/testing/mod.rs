@@ -74,7 +74,7 @@ mod postgres;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -149,10 +149,16 @@ struct JwksState {
     document: RwLock<Value>,
     up: AtomicBool,
     fetches: AtomicUsize,
+    /// How long each answer takes, in milliseconds.
+    delay_ms: AtomicU64,
 }
 
 async fn serve_jwks(axum::extract::State(state): axum::extract::State<Arc<JwksState>>) -> Response {
     state.fetches.fetch_add(1, Ordering::SeqCst);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     if !state.up.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "down for the test").into_response();
     }
@@ -180,6 +186,7 @@ impl JwksServer {
             document: RwLock::new(key_set(keys)),
             up: AtomicBool::new(true),
             fetches: AtomicUsize::new(0),
+            delay_ms: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/.well-known/jwks.json", get(serve_jwks))
@@ -212,6 +219,12 @@ impl JwksServer {
     /// Answer 503 (`false`: the JWKS is down) or the key set (`true`).
     pub fn set_up(&self, up: bool) {
         self.state.up.store(up, Ordering::SeqCst);
+    }
+
+    /// Answer each request after `delay` (a slow JWKS endpoint).
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Replace the published keys (a rotation).

@@ -75,6 +75,50 @@ async fn concurrent_unknown_kids_after_the_cooldown_cause_one_jwks_fetch() {
     assert_eq!(all.types(), ["user.created"]);
 }
 
+/// Clients that hang up while their unknown kid is being looked up (the JWKS is slow) do
+/// not get around the cooldown: the fetch they started runs to its end and spaces the next.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_hanging_up_mid_fetch_do_not_get_around_the_cooldown() {
+    let trusted = key();
+    let jwks = JwksServer::start(&[&trusted]).await;
+    let (server, all) = start(&jwks, r#"jwks_refresh_cooldown = "60s""#).await;
+    warm_up(&jwks, &server, &trusted).await;
+    jwks.set_delay(Duration::from_millis(400));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let token = sign_event(&key(), claims());
+    for i in 0..10 {
+        let sent = impatient
+            .post(server.url(ROUTE))
+            .body(token.clone())
+            .send()
+            .await;
+        match sent {
+            // The first one hangs up mid-fetch; the rest find the cooldown running (401 at
+            // once) or hang up too.
+            Err(e) => assert!(e.is_timeout(), "{e}"),
+            Ok(answer) => {
+                assert!(
+                    i > 0,
+                    "the first client gives up before the slow JWKS answers"
+                );
+                assert_eq!(answer.status(), 401);
+            }
+        }
+    }
+    // Long enough for any fetch these started to reach the JWKS.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(jwks.fetches(), 2, "ten hang-ups, one refresh");
+    jwks.set_delay(Duration::ZERO);
+    assert_eq!(
+        server.deliver(sign_event(&trusted, claims())).await,
+        (200, ok())
+    );
+    assert_eq!(all.types(), ["user.created"; 2]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_key_verifies_without_a_restart() {
     let (old, new) = (key(), key());

@@ -438,19 +438,32 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The longest duration a setting takes: beyond it date arithmetic overflows (and no
+/// delay, lease or retention needs more).
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A duration like `30s`, `12h` or `30d`, at most [`MAX_DURATION`] (10 years).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like \"30s\": {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is more than 10 years (\"3650d\")"));
+    }
+    Ok(d)
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"30s\": {e}")))
+    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     match Option::<String>::deserialize(d)? {
         None => Ok(None),
         Some(s) if s.is_empty() || s == "off" => Ok(None),
-        Some(s) => humantime::parse_duration(&s).map(Some).map_err(|e| {
-            serde::de::Error::custom(format!("{s:?} is not a duration like \"36h\": {e}"))
-        }),
+        Some(s) => parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -641,11 +654,17 @@ impl Config {
                 };
                 return Err(invalid("kinde.issuer_url", message));
             }
-            Some(url) => check_url("kinde.issuer_url", url)?,
+            Some(url) => check_issuer("kinde.issuer_url", url)?,
             None => {}
         }
         if let Some(url) = &self.kinde.jwks_url {
             check_url("kinde.jwks_url", url)?;
+        }
+        if self.kinde.jwks_refresh_cooldown.is_zero() {
+            return Err(invalid(
+                "kinde.jwks_refresh_cooldown",
+                "must be more than 0 (default \"10s\"): without it every unknown kid is a fetch from the issuer",
+            ));
         }
         if self.kinde.jwks_refresh_cooldown > Duration::from_secs(3600) {
             return Err(invalid(
@@ -692,13 +711,23 @@ impl Config {
         let routes = self.effective_routes();
         for (i, route) in routes.iter().enumerate() {
             let key = format!("routes[{i}]");
-            if !route.path.starts_with('/') || route.path.contains(['{', '}', '*', '?', '#', ' ']) {
+            // `:` opens a path parameter in axum, which would take any segment.
+            if !route.path.starts_with('/')
+                || route.path.contains(['{', '}', '*', '?', '#', ' '])
+                || route
+                    .path
+                    .split('/')
+                    .any(|segment| segment.starts_with(':'))
+            {
                 return Err(invalid(
                     format!("{key}.path"),
                     format!("{:?} must be a plain path starting with '/'", route.path),
                 ));
             }
-            if matches!(route.path.as_str(), "/healthz" | "/.well-known/jwks.json") {
+            if matches!(
+                route.path.as_str(),
+                "/healthz" | "/readyz" | "/metrics" | "/.well-known/jwks.json"
+            ) {
                 return Err(invalid(
                     format!("{key}.path"),
                     format!("{} is reserved by the server", route.path),
@@ -721,7 +750,7 @@ impl Config {
                     .map_err(|e| invalid(format!("{key}.patterns"), format!("{p:?} {e}")))?;
             }
             if let Some(url) = &route.issuer_url {
-                check_url(&format!("{key}.issuer_url"), url)?;
+                check_issuer(&format!("{key}.issuer_url"), url)?;
             }
             match (&route.jwks_url, &route.issuer_url) {
                 (Some(url), Some(_)) => check_url(&format!("{key}.jwks_url"), url)?,
@@ -764,11 +793,18 @@ impl Config {
                 "must exceed delivery.handler_timeout in inline mode, so a slow handler is reported as a handler failure",
             ));
         }
-        if l.max_concurrent_requests == 0 || l.max_connections == 0 {
-            return Err(invalid(
-                "limits.max_concurrent_requests",
-                "and max_connections must be at least 1",
-            ));
+        for (key, value) in [
+            ("limits.max_concurrent_requests", l.max_concurrent_requests),
+            ("limits.max_connections", l.max_connections),
+        ] {
+            if value == 0 || value > MAX_PERMITS {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be 1 to {MAX_PERMITS} (defaults: 512 requests, 2048 connections)"
+                    ),
+                ));
+            }
         }
         if l.max_token_bytes < 1024 || l.max_payload_bytes < 1024 {
             return Err(invalid(
@@ -1158,6 +1194,26 @@ fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// The most requests or connections a limit takes (far below the semaphore's own bound).
+const MAX_PERMITS: usize = 1_000_000;
+
+/// An issuer URL: a [`check_url`] naming the tenant's domain, not its JWKS (the keys are
+/// fetched from `<issuer_url>/.well-known/jwks.json`).
+fn check_issuer(key: &str, url: &str) -> Result<(), ConfigError> {
+    check_url(key, url)?;
+    if url.contains("/.well-known/") {
+        let domain = url.split("/.well-known/").next().unwrap_or(url);
+        return Err(invalid(
+            key,
+            format!(
+                "{url:?} is a key set's URL; the issuer is the domain only ({domain:?}), \
+                 the keys are fetched from <issuer_url>/.well-known/jwks.json (or set jwks_url)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1200,6 +1256,28 @@ mod tests {
                 "kinde.issuer_url",
             ),
             ("[kinde]\nmax_event_age = \"5s\"", "kinde.max_event_age"),
+            (
+                "[kinde]\nissuer_url = \"https://acme.kinde.com/.well-known/jwks.json\"",
+                "kinde.issuer_url",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nissuer_url = \"https://b.kinde.com/.well-known/jwks.json\"",
+                "routes[0].issuer_url",
+            ),
+            (
+                "[kinde]\njwks_refresh_cooldown = \"0s\"",
+                "kinde.jwks_refresh_cooldown",
+            ),
+            ("[[routes]]\npath = \"/hooks/:id\"", "routes[0].path"),
+            ("[[routes]]\npath = \"/metrics\"", "routes[0].path"),
+            (
+                "[limits]\nmax_connections = 2305843009213693952",
+                "limits.max_connections",
+            ),
+            (
+                "[limits]\nmax_concurrent_requests = 0",
+                "limits.max_concurrent_requests",
+            ),
             ("[[routes]]\npath = \"users\"", "routes[0].path"),
             (
                 "[[routes]]\npath = \"/a\"\npatterns = [\"user*\"]",
@@ -1334,6 +1412,14 @@ mod tests {
     fn unknown_keys_and_bad_durations_are_parse_errors() {
         assert!(Config::from_toml("[server]\nbnd = \"x\"", "t").is_err());
         assert!(Config::from_toml("[kinde]\njwks_refresh_cooldown = \"soon\"", "t").is_err());
+        // Beyond 10 years date arithmetic would overflow: refused where it is read.
+        for key in ["retention", "retry_base", "retry_cap", "lease"] {
+            let text = format!("[inbox]\n{key} = \"300000years\"");
+            let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+            assert!(err.contains("more than 10 years"), "{key}: {err}");
+        }
+        let text = "[kinde]\nmax_event_age = \"3650d\"\n[inbox]\nretention = \"3650d\"";
+        assert!(Config::from_toml(text, "t").is_ok());
         let c =
             with_issuer("[kinde]\nmax_event_age = \"36h\"\n[handlers.audit]\ntable = \"events\"");
         assert_eq!(c.kinde.max_event_age, Some(Duration::from_secs(36 * 3600)));

@@ -101,15 +101,14 @@ where
             dead,
             json,
         } => {
-            let age = match humantime::parse_duration(&older_than)
-                .ok()
-                .and_then(|d| chrono::Duration::from_std(d).ok())
+            let age = match crate::config::parse_duration(&older_than)
+                .and_then(|d| chrono::Duration::from_std(d).map_err(|e| e.to_string()))
             {
-                Some(a) => a,
-                None => {
+                Ok(a) => a,
+                Err(e) => {
                     return fail(
                         2,
-                        format!("--older-than {older_than:?}: give a duration like 30d or 12h"),
+                        format!("--older-than: {e}; give a duration like 30d or 12h"),
                     );
                 }
             };

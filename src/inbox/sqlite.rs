@@ -423,7 +423,7 @@ async fn claim(
     lease: Duration,
 ) -> Result<Vec<Job>, sqlx::Error> {
     let now = millis(Utc::now());
-    let until = now + lease.as_millis() as i64;
+    let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
     let rows = sqlx::query(
         "UPDATE jobs SET status = 'in_flight', due_at = ?2, lease_until = ?2, claim_seq = claim_seq + 1, updated_at = ?1
          WHERE rowid IN (

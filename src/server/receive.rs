@@ -27,16 +27,19 @@ pub(super) async fn receive(
 ) -> Response {
     let span = tracing::info_span!("webhook", route = %route.path, event_id = Empty, event_type = Empty, webhook_id = Empty);
     let outcome = async {
-        // Shed load at once rather than queue: Kinde retries, a queue would only grow.
-        let Ok(_permit) = shared.in_flight.clone().try_acquire_owned() else {
-            return Err(Rejection::Overloaded);
+        let work = async {
+            // The body first, under its own deadline and size limit: a slow sender holds
+            // one of `max_connections`, never one of the permits real deliveries need.
+            let body = read_body(shared, body).await?;
+            // Shed load at once rather than queue: Kinde retries, a queue would only grow.
+            let Ok(_permit) = shared.in_flight.clone().try_acquire_owned() else {
+                return Err(Rejection::Overloaded);
+            };
+            handle(shared, route, headers, body).await
         };
-        tokio::time::timeout(
-            shared.limits.request_timeout,
-            handle(shared, route, headers, body),
-        )
-        .await
-        .unwrap_or(Err(Rejection::RequestTimeout))
+        tokio::time::timeout(shared.limits.request_timeout, work)
+            .await
+            .unwrap_or(Err(Rejection::RequestTimeout))
     }
     .instrument(span.clone())
     .await;
@@ -114,9 +117,8 @@ async fn handle(
     shared: &Shared,
     route: &Route,
     headers: &HeaderMap,
-    body: Body,
+    body: axum::body::Bytes,
 ) -> Result<Outcome, Rejection> {
-    let body = read_body(shared, body).await?;
     let token = std::str::from_utf8(&body).map_err(|_| Rejection::UnreadableBody)?;
     let started = Instant::now();
     let issuer = &shared.issuers[route.issuer];

@@ -1403,6 +1403,45 @@ async fn connections_trickling_their_heads_cannot_lock_out_deliveries() {
     slow.abort_all();
 }
 
+/// Bodies trickled by more senders than `max_concurrent_requests` hold connections, not the
+/// permits real deliveries need: a delivery among them is answered at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_trickled_past_max_concurrent_requests_cannot_lock_out_deliveries() {
+    let toml =
+        "[limits]\nbody_read_timeout = \"5s\"\nmax_concurrent_requests = 2\nmax_connections = 16\n";
+    let (key, _jwks, server, all) = slow_setup(toml).await;
+    let mut slow = JoinSet::new();
+    for _ in 0..4 {
+        let mut stream = connect(server.addr()).await;
+        slow.spawn(async move {
+            let head =
+                format!("POST {ROUTE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2000\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes()).await;
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if stream.write_all(b"e").await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(4),
+        server.deliver(sign_event(&key, claims())),
+    )
+    .await;
+    assert_eq!(answer.ok(), Some((200, ok())), "behind 4 trickled bodies");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(all.types(), ["user.created"]);
+    slow.abort_all();
+}
+
 // ---------------------------------------------------------------------------------------
 // Floods
 // ---------------------------------------------------------------------------------------

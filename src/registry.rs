@@ -268,10 +268,14 @@ impl RegistryBuilder {
     }
 
     fn inventory_where(mut self, keep: impl Fn(&HandlerRegistration) -> bool) -> Self {
-        for r in inventory::iter::<HandlerRegistration>
+        // By name: the order inventory yields them in depends on linking, and logs, `dev`
+        // and `verify` should list them the same way every time.
+        let mut registered: Vec<&HandlerRegistration> = inventory::iter::<HandlerRegistration>
             .into_iter()
             .filter(|r| keep(r))
-        {
+            .collect();
+        registered.sort_by_key(|r| r.name);
+        for r in registered {
             let patterns = r.patterns.iter().map(|p| (*p).to_owned()).collect();
             let handler = Arc::from((r.make)());
             let (name, module) = (r.name.to_owned(), r.module.to_owned());

@@ -42,8 +42,8 @@ pub enum VerifyError {
     /// The header is not a JSON object with a string `alg`.
     #[error("token header is not a JSON object with a string alg")]
     MalformedHeader,
-    /// `alg` is anything but `RS256` (exact case).
-    #[error("algorithm {0:?} is not accepted; Kinde signs with RS256 only")]
+    /// `alg` is anything but `RS256` (exact case); holds the value as JSON (a string quoted).
+    #[error("algorithm {0} is not accepted; Kinde signs with RS256 only")]
     UnsupportedAlgorithm(String),
     /// A `crit` header: it names extensions this verifier does not implement.
     #[error("token has a crit header")]
@@ -483,6 +483,12 @@ mod tests {
                 "{alg}"
             );
         }
+        let t = format!("{}.{}.", b64(&json!({"alg": "HS256"})), b64(&claims()));
+        let message = parse(&t).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            r#"algorithm "HS256" is not accepted; Kinde signs with RS256 only"#
+        );
     }
 
     #[test]

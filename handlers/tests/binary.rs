@@ -168,13 +168,45 @@ async fn dev_demonstrates_the_flow_and_send_reaches_it() {
         l.contains("user updated") && l.contains("event_0123456789abcdef0123456789abcdef")
     });
 
-    // A type nobody handles is acknowledged, not an error.
+    // A type nobody handles is acknowledged, not an error; `send` warns it is not Kinde's.
     let out = send(&["send", "widget.exploded", "--url", &url]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("widget.exploded is not one of Kinde's 27 event types")
+            && !stderr.contains("did you mean"),
+        "{stderr}"
+    );
+    // A typo gets the type it was probably meant to be.
+    let out = send(&["send", "user.creatd", "--url", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("(did you mean user.created?)"), "{stderr}");
+
+    // --repeat ends with a summary line; --repeat 0 is refused.
+    let out = send(&[
+        "send",
+        "user.created",
+        "--url",
+        &url,
+        "--repeat",
+        "5",
+        "--concurrency",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches("-> 200").count(), 5, "{stdout}");
+    assert!(
+        stdout.contains("sent 5 events in") && stdout.contains("5 x 200; latency p50"),
+        "{stdout}"
+    );
+    let out = send(&["send", "user.created", "--url", &url, "--repeat", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 is not in 1.."));
 
     // A payload file holds the whole claims object; event_id and timestamp are filled in.
     let payload = dir.path().join("role.json");
@@ -398,7 +430,11 @@ async fn check_validates_the_config_and_reaches_the_jwks() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("✗ JWKS"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("✗ JWKS") && stdout.contains("fix: check the issuer is your Kinde domain"),
+        "{stdout}"
+    );
 
     let out = check(None).await.unwrap();
     assert_eq!(out.status.code(), Some(2));

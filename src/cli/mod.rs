@@ -62,7 +62,7 @@ enum Command {
     /// sample event per bundled handler at start-up, then keeps serving.
     Dev {
         /// Where the dev signing key is kept (created on first run).
-        #[arg(long, env = "KINDE_WEBHOOKS_DEV_DIR", default_value = DEFAULT_DEV_DIR)]
+        #[arg(long, env = "KINDE_WEBHOOKS_DEV_DIR", hide_env_values = true, default_value = DEFAULT_DEV_DIR)]
         dir: PathBuf,
         /// Do not send the demo events at start-up.
         #[arg(long)]
@@ -121,17 +121,17 @@ struct SendArgs {
     #[arg(long)]
     event_id: Option<String>,
     /// Send this many events (fresh event_id and webhook-id each, unless given).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
     /// How many requests are in flight at once with --repeat.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
     /// Print the signed tokens, one per line, instead of sending them (for load tools).
     /// Creates the dev key when there is none yet, as `dev` would.
     #[arg(long)]
     print: bool,
     /// Where the dev signing key is kept.
-    #[arg(long, env = "KINDE_WEBHOOKS_DEV_DIR", default_value = DEFAULT_DEV_DIR)]
+    #[arg(long, env = "KINDE_WEBHOOKS_DEV_DIR", hide_env_values = true, default_value = DEFAULT_DEV_DIR)]
     dir: PathBuf,
     /// Sign with this PKCS#8 PEM private key instead of the dev key.
     #[arg(long, value_name = "PEM")]

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::{SendArgs, dev_key, fail, load_config, loopback, out};
 use crate::config::Config;
+use crate::event::EventType;
 use crate::samples;
 use crate::server::WEBHOOK_ID_HEADER;
 use crate::signing::{SigningKey, complete_claims, new_webhook_id};
@@ -70,6 +71,23 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
             "give an event type (e.g. `send user.created`) or a --payload with a \"type\"",
         );
     };
+    if matches!(EventType::from_name(&event_type), EventType::Unknown(_)) {
+        let known = EventType::KNOWN.iter().map(|t| t.as_str());
+        let closest = known.min_by_key(|t| strsim::levenshtein(t, &event_type));
+        let hint = match closest {
+            Some(t) if strsim::levenshtein(t, &event_type) <= 3 => format!(" (did you mean {t}?)"),
+            _ => String::new(),
+        };
+        let data = if claims.get("data").is_none() {
+            "; it has no sample data, so it goes with \"data\": {}"
+        } else {
+            ""
+        };
+        eprintln!(
+            "warning: {event_type} is not one of Kinde's {} event types{hint}{data}; only handlers for `*` (or a matching group) will run it",
+            EventType::KNOWN.len()
+        );
+    }
     if claims.get("data").is_none() {
         claims["data"] = samples::sample_data(&event_type);
     }
@@ -117,6 +135,7 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
         async move {
             match post(client, url, &token, &webhook_id).await {
                 Ok((status, body, elapsed)) => {
+                    let ok = (200..300).contains(&status);
                     out!(
                         "{event_type} {event_id} (webhook-id {webhook_id}) -> {status} in {:.1} ms: {body}",
                         elapsed.as_secs_f64() * 1e3
@@ -127,24 +146,55 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
                              (`kinde-webhooks dev` prints its routes)"
                         );
                     }
-                    Ok((200..300).contains(&status))
+                    Ok((status, elapsed, ok))
                 }
                 Err(e) => Err(e),
             }
         }
     });
-    let results: Vec<Result<bool, String>> = futures_util::stream::iter(deliveries)
-        .buffer_unordered(args.concurrency.max(1) as usize)
-        .collect()
-        .await;
+    let started = Instant::now();
+    let results: Vec<Result<(u16, Duration, bool), String>> =
+        futures_util::stream::iter(deliveries)
+            .buffer_unordered(args.concurrency as usize)
+            .collect()
+            .await;
     if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
         return fail(1, format!("{e}; is `kinde-webhooks dev` running?"));
     }
-    if results.iter().all(|r| matches!(r, Ok(true))) {
+    let answers: Vec<(u16, Duration, bool)> = results.into_iter().flatten().collect();
+    if answers.len() > 1 {
+        out!("{}", summary(&answers, started.elapsed()));
+    }
+    if answers.iter().all(|(_, _, ok)| *ok) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
+}
+
+/// One line for a `--repeat` run: how many, how fast, which statuses, latency percentiles.
+fn summary(answers: &[(u16, Duration, bool)], took: Duration) -> String {
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for (status, _, _) in answers {
+        *statuses.entry(*status).or_default() += 1;
+    }
+    let statuses: Vec<String> = statuses.iter().map(|(s, n)| format!("{n} x {s}")).collect();
+    let mut latencies: Vec<Duration> = answers.iter().map(|(_, l, _)| *l).collect();
+    latencies.sort();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1e3
+    };
+    format!(
+        "sent {} events in {:.2} s ({:.0}/s): {}; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        answers.len(),
+        took.as_secs_f64(),
+        answers.len() as f64 / took.as_secs_f64().max(1e-9),
+        statuses.join(", "),
+        at(0.5),
+        at(0.99),
+        at(1.0),
+    )
 }
 
 /// The first route of `config` that accepts `event_type`, on its bind address.

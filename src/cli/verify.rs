@@ -127,6 +127,7 @@ pub(super) async fn verify(
             Ok((keys, _)) => (url.clone(), Ok(keys)),
             Err(e) => {
                 out!("✗ keys: {}", crate::jwks::error_chain(&e));
+                out!("  {}", fetch_hint(&e, url));
                 return ExitCode::from(1);
             }
         },
@@ -314,16 +315,49 @@ pub(super) async fn check(config: Option<PathBuf>) -> ExitCode {
             Ok((keys, max_age)) => {
                 let mut kids: Vec<&String> = keys.keys().collect();
                 kids.sort();
+                let cache = match max_age {
+                    Some(age) => format!(
+                        "the server asks for a refresh every {}",
+                        humantime::format_duration(age)
+                    ),
+                    None => {
+                        "no Cache-Control max-age, so refreshed every [kinde] jwks_refresh_interval"
+                            .to_owned()
+                    }
+                };
                 out!(
-                    "✓ JWKS {url}: {} signing key(s) {kids:?}, max-age {max_age:?}",
-                    keys.len()
+                    "✓ JWKS {url}: {} signing key(s) {}; {cache}",
+                    keys.len(),
+                    kids.iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             Err(e) => {
                 out!("✗ JWKS {url}: {}", crate::jwks::error_chain(&e));
+                out!("  {}", fetch_hint(&e, &url));
                 code = ExitCode::from(1);
             }
         }
     }
     code
+}
+
+/// What to try when a key set could not be fetched.
+fn fetch_hint(e: &crate::jwks::JwksError, url: &str) -> String {
+    use crate::jwks::JwksError;
+    match e {
+        JwksError::Request { .. } => format!(
+            "fix: check the issuer is your Kinde domain (https://<your_subdomain>.kinde.com, \
+             or your custom domain) and that this machine reaches it: curl -sS {url}"
+        ),
+        JwksError::Status { status: 404, .. } => format!(
+            "fix: nothing is published at {url}; the issuer is the domain only, the keys are \
+             at <issuer>/.well-known/jwks.json"
+        ),
+        _ => format!(
+            "fix: check what {url} serves (curl -sS {url}); it must be a JWKS with an RS256 key"
+        ),
+    }
 }

@@ -608,26 +608,48 @@ impl TestServerBuilder {
         self
     }
 
-    /// Start the server; panics with the cause when the config or the registry is wrong.
-    pub async fn start(self) -> TestServer {
-        let config = test_config(&self.toml, &self.issuer);
-        let registry = self
-            .registry
-            .build()
-            .unwrap_or_else(|e| panic!("test registry: {e}"));
-        let calls = CallLog::default();
-        let registry = registry.wrap(|entry| {
-            Arc::new(Spy {
-                name: entry.name.to_string(),
-                inner: entry.handler.clone(),
-                log: calls.clone(),
-            })
-        });
-        let mut server = TestServer::open_with(config, registry, self.state).await;
-        server.key = Some(self.key);
-        server.calls = calls;
-        server
+    /// Start the server; panics with the cause, at the test's line, when the config or the
+    /// registry is wrong.
+    #[track_caller]
+    pub fn start(self) -> impl Future<Output = TestServer> + Send {
+        let config = match Config::from_toml(&self.toml, "test") {
+            Ok(_) => test_config(&self.toml, &self.issuer),
+            Err(e) => panic!("test config: {e}"),
+        };
+        let TestServerBuilder {
+            key,
+            registry,
+            state,
+            ..
+        } = self;
+        let registry = match registry.build() {
+            Ok(registry) => registry,
+            Err(e) => panic!("test registry: {e}"),
+        };
+        launch(config, registry, key, state)
     }
+}
+
+/// The second half of [`TestServerBuilder::start`]: the call log around every handler, then
+/// the server.
+async fn launch(
+    config: Config,
+    registry: Registry,
+    key: Arc<SigningKey>,
+    state: State,
+) -> TestServer {
+    let calls = CallLog::default();
+    let registry = registry.wrap(|entry| {
+        Arc::new(Spy {
+            name: entry.name.to_string(),
+            inner: entry.handler.clone(),
+            log: calls.clone(),
+        })
+    });
+    let mut server = TestServer::open_with(config, registry, state).await;
+    server.key = Some(key);
+    server.calls = calls;
+    server
 }
 
 /// The receiver, served on a loopback port until dropped.

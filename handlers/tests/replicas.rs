@@ -106,6 +106,21 @@ impl Schema {
             .collect()
     }
 
+    /// The claims held right now: (event row, handler, claim number) of every job in flight.
+    async fn in_flight(&self) -> HashSet<(i64, String, i64)> {
+        let mut conn = self.connect().await;
+        let rows = sqlx::query(
+            "SELECT event_row, handler, claim_seq FROM jobs WHERE status = 'in_flight'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("read the claims");
+        let _ = conn.close().await;
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
     /// How many rows each event_id has in `events` (one route: one each).
     async fn event_rows(&self) -> HashMap<String, i64> {
         let mut conn = self.connect().await;
@@ -298,6 +313,41 @@ impl Replica {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         self.lines = self.output.collect();
+    }
+
+    /// `kill -9` at a moment it holds claims, so a test of the takeover always has one to
+    /// take over: freeze it (SIGSTOP), let the other replicas finish what they run (their
+    /// handlers take milliseconds), and kill it if jobs are still in flight under the same
+    /// claims a moment later (only the frozen replica can hold them); else let it go on
+    /// (SIGCONT) and try again. The claims it held when it died.
+    async fn kill_holding_claims(&mut self, schema: &Schema) -> usize {
+        let signal = |name: &str, pid: u32| {
+            let status = Command::new("kill")
+                .args([name, &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill {name} failed: {status}");
+        };
+        let pid = self.child.id();
+        for _ in 0..100 {
+            signal("-STOP", pid);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let first = schema.in_flight().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let held: Vec<_> = schema
+                .in_flight()
+                .await
+                .into_iter()
+                .filter(|claim| first.contains(claim))
+                .collect();
+            if !held.is_empty() {
+                self.kill();
+                return held.len();
+            }
+            signal("-CONT", pid);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{} never held a claim in 100 tries", self.name);
     }
 
     /// `kill -TERM`; its exit status (a kill -9 and a panic if it outlives `within`).
@@ -670,14 +720,17 @@ async fn a_replica_killed_under_load_loses_nothing() {
 
     let deliveries = spread(&cluster, 600, 3);
     let ids: HashSet<String> = deliveries.iter().map(|d| d.event_id.clone()).collect();
-    let mut killed_at = None;
+    let mut killed = None;
     let victim = &mut replicas[1];
+    let schema = &cluster.schema;
     let sent = send(&urls, deliveries, 24, true, 200, || {
-        victim.kill();
-        killed_at = Some(Instant::now());
+        let held = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(victim.kill_holding_claims(schema))
+        });
+        killed = Some((Instant::now(), held));
     })
     .await;
-    let killed_at = killed_at.unwrap();
+    let (killed_at, held_at_kill) = killed.unwrap();
     assert!(
         sent.other.iter().all(|(status, _)| *status == 503),
         "unexpected answers {:?}",
@@ -742,15 +795,17 @@ async fn a_replica_killed_under_load_loses_nothing() {
         "jobs whose outcome is not recorded exactly once: {:?}",
         &unrecorded[..unrecorded.len().min(5)]
     );
+    // It died holding claims (one job per user.created event): each was claimed again.
     assert!(
-        !reclaimed.is_empty(),
-        "the killed replica held no claim when it died: the takeover was not exercised"
+        reclaimed.len() >= held_at_kill,
+        "the killed replica held {held_at_kill} claims, only {} events were claimed again",
+        reclaimed.len()
     );
     eprintln!(
         "kill -9 under load: {} events acknowledged ({} by the killed replica, {} answers lost \
-         and retried elsewhere, {} 503s) in {:?}; {} claims of the killed replica taken over \
-         after the {lease:?} lease, {} events ran twice; all done {all_done_after_kill:?} \
-         after the kill",
+         and retried elsewhere, {} 503s) in {:?}; it died holding {held_at_kill} claims; {} \
+         claims taken over after the {lease:?} lease, {} events ran twice; all done \
+         {all_done_after_kill:?} after the kill",
         acked.len(),
         by_victim.len(),
         sent.unanswered,

@@ -721,7 +721,10 @@ impl Config {
             {
                 return Err(invalid(
                     format!("{key}.path"),
-                    format!("{:?} must be a plain path starting with '/'", route.path),
+                    format!(
+                        "{:?} must be a plain path starting with '/', without {{ }} * ? # spaces or a segment starting with ':' (no path parameters)",
+                        route.path
+                    ),
                 ));
             }
             if matches!(

@@ -452,13 +452,35 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration as written: a string, or (a mistake worth naming) a bare number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationText {
+    Text(String),
+    Number(f64),
+}
+
+impl DurationText {
+    fn text<E: serde::de::Error>(self) -> Result<String, E> {
+        match self {
+            DurationText::Text(s) => Ok(s),
+            DurationText::Number(n) => Err(E::custom(format!(
+                "{n} is a bare number: write a duration as a string with its unit, like \"{n}s\""
+            ))),
+        }
+    }
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
+    let s = DurationText::deserialize(d)?.text()?;
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    match Option::<String>::deserialize(d)? {
+    let text = Option::<DurationText>::deserialize(d)?
+        .map(DurationText::text)
+        .transpose()?;
+    match text {
         None => Ok(None),
         Some(s) if s.is_empty() || s == "off" => Ok(None),
         Some(s) => parse_duration(&s)
@@ -1184,8 +1206,14 @@ pub fn is_log_filter(filter: &str) -> bool {
 }
 
 fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| invalid(key, format!("{url:?} is not a URL: {e}")))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        let hint = if e == reqwest::Url::parse("x").unwrap_err() {
+            format!(" (with its scheme: \"https://{url}\")")
+        } else {
+            String::new()
+        };
+        invalid(key, format!("{url:?} is not a URL: {e}{hint}"))
+    })?;
     let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     match parsed.scheme() {
         "https" => Ok(()),
@@ -1415,6 +1443,13 @@ mod tests {
     fn unknown_keys_and_bad_durations_are_parse_errors() {
         assert!(Config::from_toml("[server]\nbnd = \"x\"", "t").is_err());
         assert!(Config::from_toml("[kinde]\njwks_refresh_cooldown = \"soon\"", "t").is_err());
+        let err = Config::from_toml("[delivery]\nhandler_timeout = 30", "t").unwrap_err();
+        assert!(err.to_string().contains(r#"like "30s""#), "{err}");
+        let err = Config::from_toml("[kinde]\nmax_event_age = 36", "t").unwrap_err();
+        assert!(err.to_string().contains(r#"like "36s""#), "{err}");
+        let err = with_issuer("[kinde]\nissuer_url = \"acme.kinde.com\"").validate();
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains(r#""https://acme.kinde.com""#), "{err}");
         // Beyond 10 years date arithmetic would overflow: refused where it is read.
         for key in ["retention", "retry_base", "retry_cap", "lease"] {
             let text = format!("[inbox]\n{key} = \"300000years\"");

@@ -88,7 +88,9 @@ pub enum HandlerError {
         message: String,
     },
     /// Application state the handler needs was not provided at start-up.
-    #[error("no {0} in the application state: insert it in the init step")]
+    #[error(
+        "no {0} in the application state: insert it in the init step (in a test: TestServer::builder(..).state(..))"
+    )]
     MissingState(&'static str),
     /// The handler's own work failed; a retry may succeed.
     #[error("{0}")]

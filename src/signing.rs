@@ -52,8 +52,13 @@ impl SigningKey {
     pub fn from_pem(pem_text: &str, kid: Option<String>) -> Result<Self, SigningError> {
         let block = pem::parse(pem_text).map_err(|e| SigningError::Pem(e.to_string()))?;
         if block.tag() != "PRIVATE KEY" {
+            let hint = if block.tag() == "RSA PRIVATE KEY" {
+                " (a PKCS#1 key: convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY.pem -out KEY-pkcs8.pem`)"
+            } else {
+                ""
+            };
             return Err(SigningError::Pem(format!(
-                "found a {:?} block, expected PRIVATE KEY",
+                "found a {:?} block, expected PRIVATE KEY{hint}",
                 block.tag()
             )));
         }

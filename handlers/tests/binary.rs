@@ -361,6 +361,33 @@ async fn verify_explains_the_verdict_step_by_step() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("✗ header"), "{stdout}");
     assert!(stdout.contains("answers 400"), "{stdout}");
+
+    // A blank token (what an empty stdin gives) is a usage error that says so.
+    let out = verify(" ".to_owned()).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no token given"), "{stderr}");
+}
+
+#[test]
+fn send_with_a_pkcs1_key_says_how_to_convert_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("rsa.pem");
+    // The block type is what is checked first; the body need not be a real key.
+    std::fs::write(
+        &pem,
+        "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["send", "user.created", "--print", "--key"])
+        .arg(&pem)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("openssl pkcs8 -topk8 -nocrypt"), "{stderr}");
 }
 
 #[test]

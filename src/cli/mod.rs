@@ -76,9 +76,11 @@ enum Command {
     /// Validate the configuration and the handler registry, reach the JWKS once, and
     /// connect each forwarder (checking, or creating, its NATS stream as `serve` would).
     Check,
-    /// Verify a token offline and explain the verdict step by step: header, alg, kid and
-    /// where the keys came from, signature, payload, and which routes and handlers would
-    /// take it. The command for "why does my webhook get 401".
+    /// Verify a token here, without sending it to any receiver, and explain the verdict step
+    /// by step: header, alg, kid and where the keys came from, signature, payload, and which
+    /// routes and handlers would take it. The command for "why does my webhook get 401".
+    /// Keys come from the flags, else the config's issuer (fetched), else the dev key of
+    /// this folder (`kinde-webhooks dev`'s, for tokens from `send --print`).
     Verify {
         /// The token; `-` or nothing reads it from stdin.
         token: Option<String>,
@@ -88,7 +90,8 @@ enum Command {
         /// Read the keys from this JWKS file.
         #[arg(long, conflicts_with = "issuer")]
         jwks_file: Option<PathBuf>,
-        /// Fetch the keys from `<issuer>/.well-known/jwks.json` [default: the config's].
+        /// Fetch the keys from `<issuer>/.well-known/jwks.json` [default: the config's issuer;
+        /// with none, the dev key in .kinde-dev].
         #[arg(long)]
         issuer: Option<String>,
         /// Use the keys of the issuer this route of the config names (routes may each

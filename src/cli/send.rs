@@ -95,20 +95,24 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
         claims["event_id"] = id.clone().into();
     }
     let key = match &args.key {
+        // A --key that cannot be read or is no key is the command line's fault: 2.
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
             .and_then(|pem| {
                 SigningKey::from_pem(&pem, args.kid.clone())
                     .map_err(|e| format!("{}: {e}", path.display()))
-            }),
-        None => dev_key(&args.dir, args.print).map(|key| match &args.kid {
-            Some(kid) => key.with_kid(kid.clone()),
-            None => key,
-        }),
+            })
+            .map_err(|e| (2, e)),
+        None => dev_key(&args.dir, args.print)
+            .map(|key| match &args.kid {
+                Some(kid) => key.with_kid(kid.clone()),
+                None => key,
+            })
+            .map_err(|e| (1, e)),
     };
     let key = match key {
         Ok(k) => k,
-        Err(e) => return fail(1, e),
+        Err((code, e)) => return fail(code, e),
     };
     let sign = |_| {
         let claims = complete_claims(claims.clone());

@@ -50,6 +50,12 @@ pub(super) async fn verify(
             text
         }
     };
+    if token.trim_ascii().is_empty() {
+        return fail(
+            2,
+            "no token given: pass it as the argument, or on stdin (e.g. `kinde-webhooks send --print | kinde-webhooks verify`)",
+        );
+    }
     let config = load_config(config).unwrap_or_default();
     let routes = config.effective_routes();
     let keys = match (keys, route) {

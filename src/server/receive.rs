@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use http_body_util::LengthLimitError;
+use http_body_util::BodyExt;
 use tracing::Instrument;
 use tracing::field::{Empty, display};
 
@@ -30,7 +30,7 @@ pub(super) async fn receive(
         let work = async {
             // The body first, under its own deadline and size limit: a slow sender holds
             // one of `max_connections`, never one of the permits real deliveries need.
-            let body = read_body(shared, body).await?;
+            let body = read_body(shared, headers, body).await?;
             // Shed load at once rather than queue: Kinde retries, a queue would only grow.
             let Ok(_permit) = shared.in_flight.clone().try_acquire_owned() else {
                 return Err(Rejection::Overloaded);
@@ -90,27 +90,39 @@ impl Outcome {
     }
 }
 
-/// Read the whole body within the body deadline and the size limit.
-async fn read_body(shared: &Shared, body: Body) -> Result<axum::body::Bytes, Rejection> {
-    match tokio::time::timeout(
-        shared.limits.body_read_timeout,
-        axum::body::to_bytes(body, shared.body_limit),
-    )
-    .await
-    {
-        Err(_) => Err(Rejection::BodyTimeout),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<LengthLimitError>())
-                || e.to_string().contains("length limit");
-            Err(if too_large {
-                Rejection::PayloadTooLarge
-            } else {
-                Rejection::UnreadableBody
-            })
-        }
+/// Read the whole body within the body deadline and the size limit, into one buffer. A
+/// declared `Content-Length` over the limit is refused before a byte is read. The frames
+/// are copied as they come: kept as they arrive, a body sent one byte per chunk would hold
+/// a piece of a read buffer per byte, megabytes for a 64 KiB body.
+async fn read_body(
+    shared: &Shared,
+    headers: &HeaderMap,
+    mut body: Body,
+) -> Result<axum::body::Bytes, Rejection> {
+    let limit = shared.body_limit;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Rejection::PayloadTooLarge);
     }
+    let read = async {
+        let mut buf = Vec::with_capacity(declared.map_or(4096, |n| n as usize));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| Rejection::UnreadableBody)?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(Rejection::PayloadTooLarge);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(axum::body::Bytes::from(buf))
+    };
+    tokio::time::timeout(shared.limits.body_read_timeout, read)
+        .await
+        .unwrap_or(Err(Rejection::BodyTimeout))
 }
 
 async fn handle(

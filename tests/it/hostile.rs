@@ -1403,6 +1403,31 @@ async fn connections_trickling_their_heads_cannot_lock_out_deliveries() {
     slow.abort_all();
 }
 
+/// A declared `Content-Length` over the body limit is refused at once with 413, not read
+/// (nor waited for until the body deadline).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declared_length_over_the_limit_gets_413_at_once() {
+    let (_key, _jwks, server, all) = slow_setup("[limits]\nbody_read_timeout = \"5s\"\n").await;
+    let (mut rd, mut wr) = connect(server.addr()).await.into_split();
+    let head = format!(
+        "POST {ROUTE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000000\r\n\r\nabc"
+    );
+    wr.write_all(head.as_bytes()).await.expect("send the head");
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(4), read_response(&mut rd))
+        .await
+        .expect("an answer before the body deadline")
+        .expect("a response");
+    assert_eq!(response.status, 413, "{response:?}");
+    assert_eq!(response.json(), error("payload_too_large"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "after {:?}",
+        started.elapsed()
+    );
+    assert!(all.events().is_empty());
+}
+
 /// Bodies trickled by more senders than `max_concurrent_requests` hold connections, not the
 /// permits real deliveries need: a delivery among them is answered at once.
 #[tokio::test(flavor = "multi_thread")]

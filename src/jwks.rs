@@ -94,7 +94,9 @@ struct Inner {
     /// Bumped by every fetch attempt; a request that saw an older value knows a fetch
     /// happened after it looked, and does not fetch again.
     generation: AtomicU64,
-    fetch: tokio::sync::Mutex<FetchState>,
+    /// Held for the whole of a fetch (by the fetch's own task when an unknown kid started
+    /// it), so fetches never overlap.
+    fetch: Arc<tokio::sync::Mutex<FetchState>>,
     fetches: AtomicU64,
     /// The last JWKS response's `Cache-Control: max-age`, which paces the refresher.
     max_age: std::sync::Mutex<Option<Duration>>,
@@ -276,7 +278,7 @@ impl KeyStore {
                 cooldown,
                 keys: RwLock::new(Arc::default()),
                 generation: AtomicU64::new(0),
-                fetch: tokio::sync::Mutex::new(FetchState::default()),
+                fetch: Arc::new(tokio::sync::Mutex::new(FetchState::default())),
                 fetches: AtomicU64::new(0),
                 max_age: std::sync::Mutex::new(None),
             }),
@@ -342,7 +344,8 @@ impl KeyStore {
                 VerifyError::KeysUnavailable("no signing key could be fetched yet".into())
             }
         };
-        let Ok(mut state) = tokio::time::timeout(FETCH_WAIT, self.inner.fetch.lock()).await else {
+        let lock = self.inner.fetch.clone().lock_owned();
+        let Ok(mut state) = tokio::time::timeout(FETCH_WAIT, lock).await else {
             return Err(refused(self));
         };
         if let Some(key) = self.lookup(kid) {
@@ -353,14 +356,23 @@ impl KeyStore {
             .last_kid_fetch
             .is_some_and(|t| t.elapsed() < self.inner.cooldown);
         if !fetched_since && !cooling {
-            // The cooldown starts with the fetch, so a request given up mid-fetch (its
-            // client hung up) still spaces the next one...
-            state.last_kid_fetch = Some(Instant::now());
-            if let Err(e) = self.fetch_locked(&mut state).await {
-                tracing::warn!(error = %error_chain(&e), held = self.has_keys(), "JWKS refresh for an unknown kid failed");
+            // The fetch runs in a task of its own that holds the fetch lock to its end: a
+            // request given up midway (its client hung up) neither cuts it short nor lets
+            // another start beside it. The cooldown counts from its end, so a slow JWKS
+            // cannot be kept busy back to back.
+            let store = self.clone();
+            let fetch = tokio::spawn(async move {
+                let result = store.fetch_locked(&mut state).await;
+                state.last_kid_fetch = Some(Instant::now());
+                result
+            });
+            match fetch.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %error_chain(&e), held = self.has_keys(), "JWKS refresh for an unknown kid failed");
+                }
+                Err(e) => tracing::warn!(error = %e, "JWKS refresh task failed"),
             }
-            // ...and counts again from its end, so a slow JWKS cannot be kept busy back to back.
-            state.last_kid_fetch = Some(Instant::now());
             if let Some(key) = self.lookup(kid) {
                 return Ok(key);
             }
@@ -375,20 +387,7 @@ impl KeyStore {
     }
 
     /// Fetch and swap in the key set; `_locked` proves the caller holds the fetch lock.
-    /// The fetch runs in a task of its own: a caller dropped midway (a request whose client
-    /// hung up) does not cut it short, so every fetch started ends, is counted and applied.
     async fn fetch_locked(&self, _locked: &mut FetchState) -> Result<usize, JwksError> {
-        let store = self.clone();
-        match tokio::spawn(async move { store.fetch_and_swap().await }).await {
-            Ok(result) => result,
-            Err(e) => Err(JwksError::Invalid {
-                url: self.inner.url.clone(),
-                message: format!("the fetch task failed: {e}"),
-            }),
-        }
-    }
-
-    async fn fetch_and_swap(&self) -> Result<usize, JwksError> {
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
         let result = fetch_key_set(&self.inner.client, &self.inner.url).await;
         self.inner.generation.fetch_add(1, Ordering::AcqRel);

@@ -119,6 +119,41 @@ async fn clients_hanging_up_mid_fetch_do_not_get_around_the_cooldown() {
     assert_eq!(all.types(), ["user.created"; 2]);
 }
 
+/// Fetches for unknown kids never overlap, also when every client hangs up mid-fetch: the
+/// fetch holds its lock to its end, and the cooldown counts from there.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetches_for_hung_up_clients_never_overlap() {
+    let trusted = key();
+    let jwks = JwksServer::start(&[&trusted]).await;
+    let (server, _all) = start(&jwks, r#"jwks_refresh_cooldown = "100ms""#).await;
+    warm_up(&jwks, &server, &trusted).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    jwks.set_delay(Duration::from_millis(600));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let token = sign_event(&key(), claims());
+    let started = Instant::now();
+    // A hang-up every 150 ms for 1.5 s: past the cooldown each time, were it counted from
+    // the start of a fetch that is still running.
+    while started.elapsed() < Duration::from_millis(1500) {
+        let _ = impatient
+            .post(server.url(ROUTE))
+            .body(token.clone())
+            .send()
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // One fetch at a time, each 600 ms plus the 100 ms cooldown: at most three in 1.5 s.
+    let during = jwks.fetches() - 1;
+    assert!(
+        (1..=3).contains(&during),
+        "{during} fetches for the hang-ups of 1.5 s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_key_verifies_without_a_restart() {
     let (old, new) = (key(), key());

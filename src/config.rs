@@ -652,10 +652,10 @@ impl Config {
     /// Check that the configuration can work; each error names the key and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr()?;
-        if self.server.body_limit < 1024 {
+        if self.server.body_limit < MIN_TOKEN_ROOM {
             return Err(invalid(
                 "server.body_limit",
-                "must be at least 1024 bytes; Kinde tokens are 1 to 4 KiB (default 65536)",
+                "must be at least 8192 bytes; Kinde tokens are 1 to 4 KiB (default 65536)",
             ));
         }
         // Routes may each name their issuer; one that does not needs [kinde] issuer_url.
@@ -728,6 +728,17 @@ impl Config {
             return Err(invalid(
                 "metrics.bind",
                 format!("{bind:?} is not an address like \"127.0.0.1:9000\""),
+            ));
+        }
+        if let (Some(bind), Ok(server)) = (&self.metrics.bind, self.bind_addr())
+            && bind.parse::<SocketAddr>().ok() == Some(server)
+            && server.port() != 0
+        {
+            return Err(invalid(
+                "metrics.bind",
+                format!(
+                    "{bind:?} is the server's own address: give /metrics another port, or leave metrics.bind unset to serve it beside the webhooks"
+                ),
             ));
         }
         let routes = self.effective_routes();
@@ -806,9 +817,15 @@ impl Config {
             ("limits.body_read_timeout", l.body_read_timeout),
             ("limits.request_timeout", l.request_timeout),
         ] {
-            if value.is_zero() {
-                return Err(invalid(key, "must be more than 0"));
+            if value < Duration::from_millis(100) {
+                return Err(invalid(key, "must be at least \"100ms\""));
             }
+        }
+        if l.request_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "limits.request_timeout",
+                "must be at least \"1s\": a delivery verifies a signature and commits a row (default \"60s\")",
+            ));
         }
         if self.delivery.mode == DeliveryMode::Inline
             && l.request_timeout <= self.delivery.handler_timeout
@@ -831,11 +848,16 @@ impl Config {
                 ));
             }
         }
-        if l.max_token_bytes < 1024 || l.max_payload_bytes < 1024 {
-            return Err(invalid(
-                "limits.max_token_bytes",
-                "and max_payload_bytes must be at least 1024; Kinde tokens are 1 to 4 KiB",
-            ));
+        for (key, value) in [
+            ("limits.max_token_bytes", l.max_token_bytes),
+            ("limits.max_payload_bytes", l.max_payload_bytes),
+        ] {
+            if value < MIN_TOKEN_ROOM {
+                return Err(invalid(
+                    key,
+                    "must be at least 8192; Kinde tokens are 1 to 4 KiB, and a 4xx to a real one is never retried",
+                ));
+            }
         }
         if l.max_json_depth < 4 || l.max_json_depth > 128 {
             return Err(invalid(
@@ -1161,10 +1183,11 @@ impl ForwardConfig {
                 }
                 _ => {}
             }
-            if nats.ack_timeout.is_zero() || nats.ack_timeout >= handler_timeout {
+            if nats.ack_timeout < Duration::from_millis(100) || nats.ack_timeout >= handler_timeout
+            {
                 return Err(invalid(
                     key("ack_timeout"),
-                    "must be more than 0 and less than delivery.handler_timeout (default \"5s\")",
+                    "must be at least \"100ms\" and less than delivery.handler_timeout (default \"5s\")",
                 ));
             }
             if nats.duplicate_window.is_zero() {
@@ -1224,6 +1247,9 @@ fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
         )),
     }
 }
+
+/// The least room a body, token or payload limit leaves: twice Kinde's largest tokens.
+const MIN_TOKEN_ROOM: usize = 8192;
 
 /// The most requests or connections a limit takes (far below the semaphore's own bound).
 const MAX_PERMITS: usize = 1_000_000;
@@ -1300,6 +1326,24 @@ mod tests {
                 "kinde.jwks_refresh_cooldown",
             ),
             ("[[routes]]\npath = \"/hooks/:id\"", "routes[0].path"),
+            ("[server]\nbody_limit = 1024", "server.body_limit"),
+            ("[limits]\nmax_token_bytes = 1024", "limits.max_token_bytes"),
+            (
+                "[limits]\nmax_payload_bytes = 4096",
+                "limits.max_payload_bytes",
+            ),
+            (
+                "[limits]\nrequest_timeout = \"1ns\"",
+                "limits.request_timeout",
+            ),
+            (
+                "[server]\nbind = \"127.0.0.1:3000\"\n[metrics]\nbind = \"127.0.0.1:3000\"",
+                "metrics.bind",
+            ),
+            (
+                "[[forward.nats]]\nname = \"n\"\npatterns = [\"*\"]\nack_timeout = \"1ns\"",
+                "forward.nats[0].ack_timeout",
+            ),
             ("[[routes]]\npath = \"/metrics\"", "routes[0].path"),
             (
                 "[limits]\nmax_connections = 2305843009213693952",

@@ -94,6 +94,16 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
     if let Some(id) = &args.event_id {
         claims["event_id"] = id.clone().into();
     }
+    if let Some(id) = &args.webhook_id
+        && (id.is_empty() || reqwest::header::HeaderValue::from_str(id).is_err())
+    {
+        return fail(
+            2,
+            format!(
+                "--webhook-id {id:?} cannot be a header value: use visible ASCII without line breaks, e.g. msg_1"
+            ),
+        );
+    }
     let key = match &args.key {
         // A --key that cannot be read or is no key is the command line's fault: 2.
         Some(path) => std::fs::read_to_string(path)

@@ -75,27 +75,57 @@ async fn concurrent_unknown_kids_after_the_cooldown_cause_one_jwks_fetch() {
     assert_eq!(all.types(), ["user.created"]);
 }
 
+/// A receiver whose JWKS answers after `delay`, warmed up with the trusted key, and
+/// `hang_up(server)`: a POST of a token with an unknown kid by a client that gives up after
+/// 50 ms (its answer, if one came that soon).
+struct SlowJwks {
+    trusted: SigningKey,
+    jwks: JwksServer,
+    server: TestServer,
+    all: Recorder,
+    impatient: reqwest::Client,
+    stranger: String,
+}
+
+impl SlowJwks {
+    async fn start(cooldown: &str, delay: Duration) -> SlowJwks {
+        let trusted = key();
+        let jwks = JwksServer::start(&[&trusted]).await;
+        let (server, all) = start(&jwks, &format!("jwks_refresh_cooldown = \"{cooldown}\"")).await;
+        warm_up(&jwks, &server, &trusted).await;
+        jwks.set_delay(delay);
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let stranger = sign_event(&key(), claims());
+        SlowJwks {
+            trusted,
+            jwks,
+            server,
+            all,
+            impatient,
+            stranger,
+        }
+    }
+
+    async fn hang_up(&self) -> reqwest::Result<reqwest::Response> {
+        let url = self.server.url(ROUTE);
+        self.impatient
+            .post(url)
+            .body(self.stranger.clone())
+            .send()
+            .await
+    }
+}
+
 /// Clients that hang up while their unknown kid is being looked up (the JWKS is slow) do
 /// not get around the cooldown: the fetch they started runs to its end and spaces the next.
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_hanging_up_mid_fetch_do_not_get_around_the_cooldown() {
-    let trusted = key();
-    let jwks = JwksServer::start(&[&trusted]).await;
-    let (server, all) = start(&jwks, r#"jwks_refresh_cooldown = "60s""#).await;
-    warm_up(&jwks, &server, &trusted).await;
-    jwks.set_delay(Duration::from_millis(400));
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(50))
-        .build()
-        .unwrap();
-    let token = sign_event(&key(), claims());
+    let slow = SlowJwks::start("60s", Duration::from_millis(400)).await;
     for i in 0..10 {
-        let sent = impatient
-            .post(server.url(ROUTE))
-            .body(token.clone())
-            .send()
-            .await;
-        match sent {
+        match slow.hang_up().await {
             // The first one hangs up mid-fetch; the rest find the cooldown running (401 at
             // once) or hang up too.
             Err(e) => assert!(e.is_timeout(), "{e}"),
@@ -110,44 +140,32 @@ async fn clients_hanging_up_mid_fetch_do_not_get_around_the_cooldown() {
     }
     // Long enough for any fetch these started to reach the JWKS.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(jwks.fetches(), 2, "ten hang-ups, one refresh");
-    jwks.set_delay(Duration::ZERO);
+    assert_eq!(slow.jwks.fetches(), 2, "ten hang-ups, one refresh");
+    slow.jwks.set_delay(Duration::ZERO);
     assert_eq!(
-        server.deliver(sign_event(&trusted, claims())).await,
+        slow.server
+            .deliver(sign_event(&slow.trusted, claims()))
+            .await,
         (200, ok())
     );
-    assert_eq!(all.types(), ["user.created"; 2]);
+    assert_eq!(slow.all.types(), ["user.created"; 2]);
 }
 
 /// Fetches for unknown kids never overlap, also when every client hangs up mid-fetch: the
 /// fetch holds its lock to its end, and the cooldown counts from there.
 #[tokio::test(flavor = "multi_thread")]
 async fn fetches_for_hung_up_clients_never_overlap() {
-    let trusted = key();
-    let jwks = JwksServer::start(&[&trusted]).await;
-    let (server, _all) = start(&jwks, r#"jwks_refresh_cooldown = "100ms""#).await;
-    warm_up(&jwks, &server, &trusted).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    jwks.set_delay(Duration::from_millis(600));
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(50))
-        .build()
-        .unwrap();
-    let token = sign_event(&key(), claims());
+    let slow = SlowJwks::start("100ms", Duration::from_millis(600)).await;
     let started = Instant::now();
     // A hang-up every 150 ms for 1.5 s: past the cooldown each time, were it counted from
     // the start of a fetch that is still running.
     while started.elapsed() < Duration::from_millis(1500) {
-        let _ = impatient
-            .post(server.url(ROUTE))
-            .body(token.clone())
-            .send()
-            .await;
+        let _ = slow.hang_up().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     // One fetch at a time, each 600 ms plus the 100 ms cooldown: at most three in 1.5 s.
-    let during = jwks.fetches() - 1;
+    let during = slow.jwks.fetches() - 1;
     assert!(
         (1..=3).contains(&during),
         "{during} fetches for the hang-ups of 1.5 s"

@@ -1230,7 +1230,7 @@ pub fn is_log_filter(filter: &str) -> bool {
 
 fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| {
-        let hint = if e == reqwest::Url::parse("x").unwrap_err() {
+        let hint = if !url.contains("://") {
             format!(" (with its scheme: \"https://{url}\")")
         } else {
             String::new()

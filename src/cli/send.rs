@@ -72,10 +72,12 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
         );
     };
     if matches!(EventType::from_name(&event_type), EventType::Unknown(_)) {
-        let known = EventType::KNOWN.iter().map(|t| t.as_str());
-        let closest = known.min_by_key(|t| strsim::levenshtein(t, &event_type));
+        let closest = EventType::KNOWN
+            .iter()
+            .map(|t| (strsim::levenshtein(t.as_str(), &event_type), t))
+            .min_by_key(|(distance, _)| *distance);
         let hint = match closest {
-            Some(t) if strsim::levenshtein(t, &event_type) <= 3 => format!(" (did you mean {t}?)"),
+            Some((distance, t)) if distance <= 3 => format!(" (did you mean {t}?)"),
             _ => String::new(),
         };
         let data = if claims.get("data").is_none() {
@@ -149,7 +151,6 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
         async move {
             match post(client, url, &token, &webhook_id).await {
                 Ok((status, body, elapsed)) => {
-                    let ok = (200..300).contains(&status);
                     out!(
                         "{event_type} {event_id} (webhook-id {webhook_id}) -> {status} in {:.1} ms: {body}",
                         elapsed.as_secs_f64() * 1e3
@@ -160,26 +161,28 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
                              (`kinde-webhooks dev` prints its routes)"
                         );
                     }
-                    Ok((status, elapsed, ok))
+                    Ok((status, elapsed))
                 }
                 Err(e) => Err(e),
             }
         }
     });
     let started = Instant::now();
-    let results: Vec<Result<(u16, Duration, bool), String>> =
-        futures_util::stream::iter(deliveries)
-            .buffer_unordered(args.concurrency as usize)
-            .collect()
-            .await;
+    let results: Vec<Result<(u16, Duration), String>> = futures_util::stream::iter(deliveries)
+        .buffer_unordered(args.concurrency as usize)
+        .collect()
+        .await;
     if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
         return fail(1, format!("{e}; is `kinde-webhooks dev` running?"));
     }
-    let answers: Vec<(u16, Duration, bool)> = results.into_iter().flatten().collect();
+    let answers: Vec<(u16, Duration)> = results.into_iter().flatten().collect();
     if answers.len() > 1 {
         out!("{}", summary(&answers, started.elapsed()));
     }
-    if answers.iter().all(|(_, _, ok)| *ok) {
+    if answers
+        .iter()
+        .all(|(status, _)| (200..300).contains(status))
+    {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -187,13 +190,13 @@ pub(super) async fn send(config: Option<PathBuf>, args: SendArgs) -> ExitCode {
 }
 
 /// One line for a `--repeat` run: how many, how fast, which statuses, latency percentiles.
-fn summary(answers: &[(u16, Duration, bool)], took: Duration) -> String {
+fn summary(answers: &[(u16, Duration)], took: Duration) -> String {
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-    for (status, _, _) in answers {
+    for (status, _) in answers {
         *statuses.entry(*status).or_default() += 1;
     }
     let statuses: Vec<String> = statuses.iter().map(|(s, n)| format!("{n} x {s}")).collect();
-    let mut latencies: Vec<Duration> = answers.iter().map(|(_, l, _)| *l).collect();
+    let mut latencies: Vec<Duration> = answers.iter().map(|(_, l)| *l).collect();
     latencies.sort();
     let at = |q: f64| {
         let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;

@@ -497,11 +497,14 @@ fn finish_run(commands: &[Command]) -> Vec<&Finished> {
 /// longer held under the finished claim records nothing.
 async fn finish_all(tx: &mut SqliteConnection, finished: &[&Finished]) -> Result<(), sqlx::Error> {
     let now = millis(Utc::now());
-    let outcome = |f: &Finished| match &f.outcome {
-        Outcome::Done => ("done", None, None),
-        Outcome::Retry { error, due_at } => ("failed", Some(error.clone()), Some(millis(*due_at))),
-        Outcome::Dead { error } => ("dead", Some(error.clone()), None),
-    };
+    /// The job's new status, its error and when it is due again.
+    fn outcome(f: &Finished) -> (&'static str, Option<&str>, Option<i64>) {
+        match &f.outcome {
+            Outcome::Done => ("done", None, None),
+            Outcome::Retry { error, due_at } => ("failed", Some(error), Some(millis(*due_at))),
+            Outcome::Dead { error } => ("dead", Some(error), None),
+        }
+    }
     let mut update =
         QueryBuilder::<Sqlite>::new("WITH f (event_row, handler, claim, status, error, due) AS (");
     update.push_values(finished, |mut row, f| {

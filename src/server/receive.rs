@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -30,7 +30,7 @@ pub(super) async fn receive(
         let work = async {
             // The body first, under its own deadline and size limit: a slow sender holds
             // one of `max_connections`, never one of the permits real deliveries need.
-            let body = read_body(shared, headers, body).await?;
+            let body = read_body(shared, body).await?;
             // Shed load at once rather than queue: Kinde retries, a queue would only grow.
             let Ok(_permit) = shared.in_flight.clone().try_acquire_owned() else {
                 return Err(Rejection::Overloaded);
@@ -94,16 +94,10 @@ impl Outcome {
 /// declared `Content-Length` over the limit is refused before a byte is read. The frames
 /// are copied as they come: kept as they arrive, a body sent one byte per chunk would hold
 /// a piece of a read buffer per byte, megabytes for a 64 KiB body.
-async fn read_body(
-    shared: &Shared,
-    headers: &HeaderMap,
-    mut body: Body,
-) -> Result<axum::body::Bytes, Rejection> {
+async fn read_body(shared: &Shared, mut body: Body) -> Result<axum::body::Bytes, Rejection> {
     let limit = shared.body_limit;
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    // hyper has read and checked the `Content-Length`; the body's exact size hint is it.
+    let declared = HttpBody::size_hint(&body).exact();
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Rejection::PayloadTooLarge);
     }
